@@ -1,0 +1,152 @@
+"""NDM variational objectives, returned as named per-example terms in nats.
+
+Discrete time with ``T`` steps (eq. 9, 10), grid ``t_i = i / T``, ``s = t_{i-1}``::
+
+    L_t = || alpha_s (F(x,s) - F(x_hat,s)) - c alpha_t (F(x,t) - F(x_hat,t)) ||^2 / (2 sigma_tilde^2)
+
+and the diffusion term is ``sum_i L_{t_i}``, estimated in training by ``T L_t`` at one random
+step per example. Continuous time (eq. 11 with the sign and the ``1/2`` of math.md)::
+
+    L_diff = E_{t ~ p(t)} || f(z_t, x, t) - f(z_t, x_hat, t) ||^2 / (2 g^2(t) p(t))
+
+with the reverse SDE drift ``f`` of :mod:`ndm.process` and ``nu = gamma``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ndm.decoders import Decoder, GaussianDecoder
+from ndm.predictors import Predictor
+from ndm.process import NeuralDiffusion, drift_from_transform
+from ndm.timesampling import sample_times
+from ndm.transforms import _per_example
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """Per-example NELBO terms in nats, each of shape ``[B]``."""
+
+    prior: Tensor
+    diffusion: Tensor
+    reconstruction: Tensor
+
+    @property
+    def total(self) -> Tensor:
+        """``prior + diffusion + reconstruction``, ``[B]``."""
+        return self.prior + self.diffusion + self.reconstruction
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {
+            "prior": self.prior,
+            "diffusion": self.diffusion,
+            "reconstruction": self.reconstruction,
+            "total": self.total,
+        }
+
+
+def reconstruction_nll(
+    process: NeuralDiffusion, x: Tensor, decoder: Decoder, noise: Tensor | None = None
+) -> Tensor:
+    """``-log p(x | z_0)`` with ``z_0 ~ q(z_0 | x) = N(alpha_0 x, sigma_0^2 I)``, ``[B]``."""
+    zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    noise = torch.randn_like(x) if noise is None else noise
+    z0, _ = process.marginal(x, zero, noise)
+    sched = process.schedule(zero)
+    return decoder.nll(x, z0, sched.alpha, sched.sigma)
+
+
+def discrete_diffusion_term(
+    process: NeuralDiffusion, predictor: Predictor, x: Tensor, s: Tensor, t: Tensor, noise: Tensor
+) -> Tensor:
+    """One KL term ``L_t`` of eq. (10) with the DDPM ``sigma_tilde``, per example ``[B]``."""
+    sched_s, sched_t, c, std = process.posterior_coefficients(s, t, eta=1.0)
+    fx_s, fx_t = process.transform_at(x, [s, t])
+    a_s, a_t, c_ = (_per_example(v, x) for v in (sched_s.alpha, sched_t.alpha, c))
+    z_t = a_t * fx_t + _per_example(sched_t.sigma, x) * noise
+    x_hat = predictor(z_t, t)
+    fh_s, fh_t = process.transform_at(x_hat, [s, t])
+    diff = a_s * (fx_s - fh_s) - c_ * a_t * (fx_t - fh_t)
+    return diff.flatten(1).pow(2).sum(1) / (2 * std**2)
+
+
+def discrete_nelbo_terms(
+    process: NeuralDiffusion,
+    predictor: Predictor,
+    x: Tensor,
+    num_steps: int,
+    decoder: Decoder | None = None,
+    generator: torch.Generator | None = None,
+) -> LossTerms:
+    """Training estimate of the discrete NELBO: ``T L_t`` at one uniform step per example."""
+    index = torch.randint(1, num_steps + 1, (x.shape[0],), generator=generator, device=x.device)
+    t = index.to(x.dtype) / num_steps
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    diffusion = num_steps * discrete_diffusion_term(
+        process, predictor, x, t - 1.0 / num_steps, t, noise
+    )
+    return LossTerms(
+        process.prior_kl(x), diffusion, reconstruction_nll(process, x, decoder or GaussianDecoder())
+    )
+
+
+def continuous_diffusion_integrand(
+    process: NeuralDiffusion, predictor: Predictor, x: Tensor, t: Tensor, noise: Tensor
+) -> Tensor:
+    """``|| f(z_t, x, t) - f(z_t, x_hat, t) ||^2 / (2 g^2(t))`` per example, ``[B]``."""
+    sched = process.schedule(t)
+    fx, dfx = process.transform(x, t)
+    z_t = _per_example(sched.alpha, x) * fx + _per_example(sched.sigma, x) * noise
+    x_hat = predictor(z_t, t)
+    fh, dfh = process.transform(x_hat, t)
+    drift_gap = drift_from_transform(sched, z_t, fx, dfx, True) - drift_from_transform(
+        sched, z_t, fh, dfh, True
+    )
+    return drift_gap.flatten(1).pow(2).sum(1) / (2 * sched.g2)
+
+
+def continuous_nelbo_terms(
+    process: NeuralDiffusion,
+    predictor: Predictor,
+    x: Tensor,
+    time_sampling: str = "importance",
+    decoder: Decoder | None = None,
+    generator: torch.Generator | None = None,
+) -> LossTerms:
+    """Continuous-time NELBO with one time per example drawn by ``time_sampling``
+    (see :func:`ndm.timesampling.sample_times`) and the integrand divided by ``p(t)``."""
+    t, density = sample_times(process.schedule, x.shape[0], time_sampling, x, generator)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    diffusion = continuous_diffusion_integrand(process, predictor, x, t, noise) / density
+    return LossTerms(
+        process.prior_kl(x), diffusion, reconstruction_nll(process, x, decoder or GaussianDecoder())
+    )
+
+
+def simple_noise_loss(
+    process: NeuralDiffusion,
+    predictor: Predictor,
+    x: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """DDPM's ``|| eps - eps_hat ||^2`` per example, ``eps_hat = (z_t - alpha_t F(x_hat, t)) / sigma_t``.
+
+    Not a bound on the likelihood. Refuses a learned transform: minimising it drives
+    ``F`` to 0 (paper, section 6).
+    """
+    if process.transform.is_learned:
+        raise ValueError(
+            "the simple noise loss collapses a learned transform to 0; "
+            "use the full NELBO objective with a learned F"
+        )
+    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    sched = process.schedule(t)
+    z_t, _ = process.marginal(x, t, noise)
+    x_hat = predictor(z_t, t)
+    alpha, sigma = _per_example(sched.alpha, x), _per_example(sched.sigma, x)
+    eps_hat = (z_t - alpha * process.transform.value(x_hat, t)) / sigma
+    return (noise - eps_hat).flatten(1).pow(2).sum(1)

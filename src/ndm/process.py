@@ -1,0 +1,104 @@
+"""The NDM forward process: a schedule combined with a transform.
+
+``q(z_t | x) = N(alpha_t F(x, t), sigma_t^2 I)`` (eq. 7) and, for ``s < t``, the posterior
+of eq. (8)::
+
+    q(z_s | z_t, x) = N(alpha_s F(x, s) + c (z_t - alpha_t F(x, t)), sigma_tilde^2 I),
+    c = sqrt(sigma_s^2 - sigma_tilde^2) / sigma_t,
+    sigma_tilde^2 = eta^2 sigma_s^2 (1 - exp(gamma_s - gamma_t)).
+
+``eta = 1`` is the DDPM (Markovian, ``nu = gamma``) choice and ``eta = 0`` DDIM.
+
+In continuous time, with ``nu = lambda * gamma`` (``lambda = 1``: reverse SDE,
+``lambda = 0``: ODE), the reverse-time drift of the process conditioned on ``x'`` is::
+
+    f(z, x', t) = alpha dF/dt + r z - 1/2 (d sigma^2/dt - 2 r sigma^2 + g^2) s(x', z, t)
+               = alpha' F + alpha dF/dt + (sigma' + g^2 / (2 sigma)) eps',
+
+with ``s = (alpha F - z) / sigma^2``, ``eps' = (z - alpha F) / sigma`` and ``g^2 = lambda gamma' sigma^2``.
+The second form never divides by ``alpha`` and is the one evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ndm.schedules import Schedule, ScheduleValues
+from ndm.transforms import Transform, _per_example
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """Gaussian ``N(mean, std^2 I)``: ``mean`` of shape ``[B, ...]``, ``std`` of shape ``[B]``."""
+
+    mean: Tensor
+    std: Tensor
+
+
+class NeuralDiffusion(nn.Module):
+    """Schedule plus transform: marginals, posteriors, drifts and the prior term."""
+
+    def __init__(self, schedule: Schedule, transform: Transform):
+        super().__init__()
+        self.schedule, self.transform = schedule, transform
+
+    def transform_at(self, x: Tensor, times: list[Tensor]) -> list[Tensor]:
+        """``[F(x, t_k) for t_k in times]`` in one batched call of the transform."""
+        if len(times) == 1:
+            return [self.transform.value(x, times[0])]
+        values = self.transform.value(torch.cat([x] * len(times)), torch.cat(times))
+        return list(values.chunk(len(times)))
+
+    def marginal(self, x: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z_t, F(x, t))`` with ``z_t = alpha_t F(x, t) + sigma_t noise``."""
+        sched = self.schedule(t)
+        fx = self.transform.value(x, t)
+        return _per_example(sched.alpha, x) * fx + _per_example(sched.sigma, x) * noise, fx
+
+    def posterior_coefficients(
+        self, s: Tensor, t: Tensor, eta: float = 1.0
+    ) -> tuple[ScheduleValues, ScheduleValues, Tensor, Tensor]:
+        """Schedules at ``s`` and ``t``, ``c`` and ``sigma_tilde`` (each ``[B]``) of eq. (8)."""
+        sched_s, sched_t = self.schedule(s), self.schedule(t)
+        var_tilde = -(eta**2) * sched_s.sigma**2 * torch.expm1(sched_s.gamma - sched_t.gamma)
+        c = (sched_s.sigma**2 - var_tilde).clamp_min(0).sqrt() / sched_t.sigma
+        return sched_s, sched_t, c, var_tilde.sqrt()
+
+    def posterior(
+        self, z_t: Tensor, x: Tensor, s: Tensor, t: Tensor, eta: float = 1.0
+    ) -> Posterior:
+        """``q(z_s | z_t, x)`` of eq. (8); pass ``x_hat`` for ``x`` to get ``p_theta(z_s | z_t)``."""
+        sched_s, sched_t, c, std = self.posterior_coefficients(s, t, eta)
+        f_s, f_t = self.transform_at(x, [s, t])
+        a_s, a_t, c = (_per_example(v, x) for v in (sched_s.alpha, sched_t.alpha, c))
+        return Posterior(a_s * f_s + c * (z_t - a_t * f_t), std)
+
+    def drift(self, z: Tensor, x_prime: Tensor, t: Tensor, stochastic: bool = True) -> Tensor:
+        """Reverse-time drift ``f(z, x', t)``: the SDE one (``nu = gamma``) or, if not
+        ``stochastic``, the ODE one (``nu`` constant). Shape of ``z``."""
+        sched = self.schedule(t)
+        f, df_dt = self.transform(x_prime, t)
+        return drift_from_transform(sched, z, f, df_dt, stochastic)
+
+    def prior_kl(self, x: Tensor) -> Tensor:
+        """``KL(N(alpha_1 F(x, 1), sigma_1^2 I) || N(0, I))`` per example, ``[B]``, in nats."""
+        one = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        sched = self.schedule(one)
+        mean = _per_example(sched.alpha, x) * self.transform.value(x, one)
+        var = sched.sigma**2
+        dims = x[0].numel()
+        return 0.5 * (mean.flatten(1).pow(2).sum(1) + dims * (var - 1 - var.log()))
+
+
+def drift_from_transform(
+    sched: ScheduleValues, z: Tensor, f: Tensor, df_dt: Tensor, stochastic: bool
+) -> Tensor:
+    """``f = alpha' F + alpha dF/dt + (sigma' + g^2 / (2 sigma)) (z - alpha F) / sigma``."""
+    alpha, d_alpha, sigma, d_sigma = (
+        _per_example(v, z) for v in (sched.alpha, sched.d_alpha, sched.sigma, sched.d_sigma)
+    )
+    noise_coef = d_sigma + (0.5 * _per_example(sched.d_gamma, z) * sigma if stochastic else 0.0)
+    return d_alpha * f + alpha * df_dt + noise_coef * (z - alpha * f) / sigma

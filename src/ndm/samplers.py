@@ -1,0 +1,188 @@
+"""Samplers of the reverse process. Stateless functions with one signature, found by name::
+
+    sampler(process, predictor, z, grid, *, generator=None, **options) -> SampleResult
+
+``z`` of shape ``[B, ...]`` is the starting latent at ``grid[0]`` (usually ``z_1 ~ N(0, I)``);
+``grid`` is an explicit decreasing 1-D tensor of times from ``grid[0]`` to ``grid[-1] = 0``,
+and a grid of ``N + 1`` points makes ``N`` steps. Each result reports its number of network
+(predictor) evaluations ``nfe``. The sample returned is the decoder mean ``z_0 / alpha_0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from torchdiffeq import odeint
+
+from ndm.predictors import Predictor
+from ndm.process import NeuralDiffusion
+from ndm.transforms import _per_example
+
+ODE_METHODS = ("dopri5", "euler", "heun", "rk4", "midpoint")
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """``sample`` (decoder mean, ``[B, ...]``), ``nfe`` and, if asked, ``trajectory [len(grid), B, ...]``."""
+
+    sample: Tensor
+    nfe: int
+    trajectory: Tensor | None = None
+
+
+class Sampler(Protocol):
+    def __call__(
+        self,
+        process: NeuralDiffusion,
+        predictor: Predictor,
+        z: Tensor,
+        grid: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        **options: object,
+    ) -> SampleResult: ...
+
+
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register(name: str) -> Callable[[Sampler], Sampler]:
+    def add(fn: Sampler) -> Sampler:
+        SAMPLERS[name] = fn
+        return fn
+
+    return add
+
+
+def get_sampler(name: str) -> Sampler:
+    """The sampler registered under ``name``; a clear error for an unknown one."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def time_grid(num_steps: int, t_max: float = 1.0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Uniform decreasing grid ``t_max, ..., 0`` of ``num_steps + 1`` points."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    return torch.linspace(t_max, 0.0, num_steps + 1, dtype=dtype)
+
+
+def _check_grid(grid: Tensor) -> None:
+    if grid.dim() != 1 or grid.numel() < 2:
+        raise ValueError(
+            f"grid must be a 1-D tensor of at least 2 times, got shape {tuple(grid.shape)}"
+        )
+    if not bool((grid[1:] < grid[:-1]).all()) or float(grid[-1]) != 0.0:
+        raise ValueError("grid must decrease strictly and end at t = 0")
+
+
+def _decode(process: NeuralDiffusion, z0: Tensor) -> Tensor:
+    zero = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
+    return z0 / _per_example(process.schedule(zero).alpha, z0)
+
+
+def _batch_time(t: Tensor, z: Tensor) -> Tensor:
+    return t.to(z.dtype).expand(z.shape[0]).clone()
+
+
+def _noise(z: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+
+
+@torch.no_grad()
+def _posterior_sampler(process, predictor, z, grid, generator, eta, keep_trajectory):
+    _check_grid(grid)
+    path = [z] if keep_trajectory else None
+    for t_now, t_next in zip(grid[:-1], grid[1:], strict=True):
+        t, s = _batch_time(t_now, z), _batch_time(t_next, z)
+        post = process.posterior(z, predictor(z, t), s, t, eta)
+        z = post.mean + _per_example(post.std, z) * _noise(z, generator)
+        if path is not None:
+            path.append(z)
+    trajectory = torch.stack(path) if path is not None else None
+    return SampleResult(_decode(process, z), grid.numel() - 1, trajectory)
+
+
+@register("ddpm")
+def ancestral(process, predictor, z, grid, *, generator=None, trajectory=False, **_):
+    """Algorithm 2: ``z_s ~ q(z_s | z_t, x_hat)`` with the DDPM ``sigma_tilde`` (``eta = 1``)."""
+    return _posterior_sampler(process, predictor, z, grid, generator, 1.0, trajectory)
+
+
+@register("ddim")
+def ddim(process, predictor, z, grid, *, generator=None, eta=0.0, trajectory=False, **_):
+    """Algorithm 2 with ``sigma_tilde = eta * (DDPM value)``; ``eta = 0`` is deterministic."""
+    return _posterior_sampler(process, predictor, z, grid, generator, float(eta), trajectory)
+
+
+@register("sde")
+@torch.no_grad()
+def euler_maruyama(process, predictor, z, grid, *, generator=None, trajectory=False, **_):
+    """Euler-Maruyama on the reverse SDE ``dz = f(z, x_hat, t) dt + g dw`` from ``grid[0]`` to 0."""
+    _check_grid(grid)
+    path = [z] if trajectory else None
+    for t_now, t_next in zip(grid[:-1], grid[1:], strict=True):
+        t = _batch_time(t_now, z)
+        step = t_now - t_next
+        g = process.schedule(t).g2.sqrt()
+        drift = process.drift(z, predictor(z, t), t, stochastic=True)
+        z = z - drift * step + _per_example(g, z) * step.sqrt() * _noise(z, generator)
+        if path is not None:
+            path.append(z)
+    result_path = torch.stack(path) if path is not None else None
+    return SampleResult(_decode(process, z), grid.numel() - 1, result_path)
+
+
+class CountingDrift(torch.nn.Module):
+    """ODE right-hand side ``dz/dt = f(z, x_hat(z, t), t)`` (``nu`` constant) counting calls."""
+
+    def __init__(self, process: NeuralDiffusion, predictor: Predictor):
+        super().__init__()
+        self.process, self.predictor, self.nfe = process, predictor, 0
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        self.nfe += 1
+        time = _batch_time(t, z)
+        return self.process.drift(z, self.predictor(z, time), time, stochastic=False)
+
+
+def torchdiffeq_options(method: str, grid: Tensor, rtol: float, atol: float) -> dict:
+    """Arguments of ``torchdiffeq.odeint`` for ``method``: adaptive ``dopri5`` uses
+    ``rtol``/``atol`` and is made to step exactly onto the final time, so that no stage
+    evaluates the schedule outside ``[0, 1]``; fixed-step methods take one step per grid
+    interval."""
+    if method not in ODE_METHODS:
+        raise ValueError(f"unknown ODE method {method!r}; choose one of {ODE_METHODS}")
+    if method == "dopri5":
+        return {"method": "dopri5", "rtol": rtol, "atol": atol, "options": {"step_t": grid[-1:]}}
+    name = "heun2" if method == "heun" else method
+    return {"method": name, "options": {"grid_constructor": lambda *_: grid}}
+
+
+@register("ode")
+def ode(
+    process,
+    predictor,
+    z,
+    grid,
+    *,
+    generator=None,
+    method="dopri5",
+    rtol=1e-5,
+    atol=1e-5,
+    trajectory=False,
+    **_,
+):
+    """Probability-flow ODE through torchdiffeq. ``dopri5`` is adaptive and returns the
+    state at the grid points; ``euler``/``heun``/``rk4``/``midpoint`` step on ``grid``."""
+    _check_grid(grid)
+    rhs = CountingDrift(process, predictor)
+    grid = grid.to(z.dtype)
+    with torch.no_grad():
+        states = odeint(rhs, z, grid, **torchdiffeq_options(method, grid, rtol, atol))
+    return SampleResult(_decode(process, states[-1]), rhs.nfe, states if trajectory else None)

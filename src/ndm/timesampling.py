@@ -1,0 +1,51 @@
+"""Densities ``p(t)`` on ``[0, 1]`` for Monte Carlo estimates of the continuous-time NELBO.
+
+- ``uniform``: ``t ~ U[0, 1]``.
+- ``stratified``: one uniform draw in each of ``B`` equal strata, shuffled (``p(t) = 1``).
+- ``importance``: ``p(t)`` proportional to ``1 / g^2(t)`` (the paper's choice).
+- ``gamma``: ``p(t)`` proportional to ``gamma'(t)``, i.e. uniform in ``gamma`` (VDM's choice).
+
+The last two are tabulated as piecewise-constant densities on ``num_cells`` equal cells,
+recomputed at every call so that a learned schedule is followed; the estimator divides by
+the exact density of that piecewise-constant law, so it stays unbiased.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ndm.schedules import Schedule
+
+TIME_SAMPLINGS = ("uniform", "stratified", "importance", "gamma")
+
+
+def _cell_weights(schedule: Schedule, method: str, num_cells: int, like: Tensor) -> Tensor:
+    mids = (torch.arange(num_cells, dtype=like.dtype, device=like.device) + 0.5) / num_cells
+    with torch.no_grad():
+        sched = schedule(mids)
+        weights = 1.0 / sched.g2 if method == "importance" else sched.d_gamma
+    return weights / weights.sum()
+
+
+def sample_times(
+    schedule: Schedule,
+    batch: int,
+    method: str,
+    like: Tensor,
+    generator: torch.Generator | None = None,
+    num_cells: int = 1000,
+) -> tuple[Tensor, Tensor]:
+    """``(t, p(t))``, both ``[batch]``, with dtype and device of ``like``."""
+    opts = {"dtype": like.dtype, "device": like.device}
+    if method not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time sampling {method!r}; choose one of {TIME_SAMPLINGS}")
+    u = torch.rand(batch, generator=generator, **opts)
+    if method == "uniform":
+        return u, torch.ones(batch, **opts)
+    if method == "stratified":
+        order = torch.randperm(batch, generator=generator, device=like.device)
+        return (order.to(like.dtype) + u) / batch, torch.ones(batch, **opts)
+    mass = _cell_weights(schedule, method, num_cells, like)
+    cell = torch.multinomial(mass, batch, replacement=True, generator=generator)
+    return (cell.to(like.dtype) + u) / num_cells, mass[cell] * num_cells
