@@ -1,0 +1,114 @@
+"""``NDM``: a process, a predictor and a choice of objective in one ``nn.Module``.
+
+A thin convenience over the functions of :mod:`ndm.objectives`, :mod:`ndm.samplers` and
+:mod:`ndm.likelihood`; everything it does can be done with them directly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ndm.decoders import Decoder, GaussianDecoder
+from ndm.likelihood import continuous_nelbo, discrete_nelbo, ode_nll
+from ndm.objectives import (
+    LossTerms,
+    continuous_nelbo_terms,
+    discrete_nelbo_terms,
+    simple_noise_loss,
+)
+from ndm.predictors import Predictor
+from ndm.process import NeuralDiffusion
+from ndm.samplers import SampleResult, get_sampler, time_grid
+from ndm.timesampling import TIME_SAMPLINGS
+
+OBJECTIVES = ("continuous", "discrete", "simple")
+
+
+class NDM(nn.Module):
+    """Neural Diffusion Model.
+
+    ``objective``: ``"continuous"`` (eq. 11, time drawn by ``time_sampling``), ``"discrete"``
+    (eq. 9-10 with ``num_steps`` steps) or ``"simple"`` (noise loss, fixed transforms only).
+    """
+
+    def __init__(
+        self,
+        process: NeuralDiffusion,
+        predictor: Predictor,
+        objective: str = "continuous",
+        num_steps: int = 1000,
+        time_sampling: str = "importance",
+        decoder: Decoder | None = None,
+    ):
+        super().__init__()
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"unknown time sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+        if objective == "simple" and process.transform.is_learned:
+            raise ValueError(
+                "the simple noise loss collapses a learned transform to 0; "
+                "use objective='continuous' or 'discrete' with a learned F"
+            )
+        self.process, self.predictor = process, predictor
+        self.objective, self.num_steps, self.time_sampling = objective, num_steps, time_sampling
+        self.decoder = decoder or GaussianDecoder()
+
+    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Per-example training loss ``[B]``: the NELBO estimate, or the simple noise loss."""
+        if self.objective == "simple":
+            return simple_noise_loss(self.process, self.predictor, x, generator)
+        return self.loss_terms(x, generator).total
+
+    def loss_terms(self, x: Tensor, generator: torch.Generator | None = None) -> LossTerms:
+        """One-sample NELBO estimate, named terms in nats per example."""
+        if self.objective == "discrete":
+            return discrete_nelbo_terms(
+                self.process, self.predictor, x, self.num_steps, self.decoder, generator
+            )
+        return continuous_nelbo_terms(
+            self.process, self.predictor, x, self.time_sampling, self.decoder, generator
+        )
+
+    def sample(
+        self,
+        shape: tuple[int, ...],
+        sampler: str = "ode",
+        steps: int = 100,
+        generator: torch.Generator | None = None,
+        **options: object,
+    ) -> SampleResult:
+        """Draw ``z_1 ~ N(0, I)`` of ``shape`` and run the named sampler on ``steps`` uniform steps."""
+        param = next(self.parameters())
+        z = torch.randn(shape, generator=generator, dtype=param.dtype, device=param.device)
+        grid = time_grid(steps, dtype=param.dtype).to(param.device)
+        return get_sampler(sampler)(
+            self.process, self.predictor, z, grid, generator=generator, **options
+        )
+
+    def nll(self, x: Tensor, **options: object) -> tuple[Tensor, int]:
+        """``(-log p(x) [B] in nats, nfe)`` along the ODE (see :func:`ndm.likelihood.ode_nll`)."""
+        return ode_nll(self.process, self.predictor, x, **options)
+
+    def nelbo(
+        self,
+        x: Tensor,
+        num_time_samples: int = 64,
+        generator: torch.Generator | None = None,
+    ) -> LossTerms:
+        """NELBO terms: exact sum over all steps (discrete) or Monte Carlo over time
+        with ``num_time_samples`` draws (continuous and simple objectives)."""
+        if self.objective == "discrete":
+            return discrete_nelbo(
+                self.process, self.predictor, x, self.num_steps, self.decoder, generator
+            )
+        return continuous_nelbo(
+            self.process,
+            self.predictor,
+            x,
+            num_time_samples,
+            self.time_sampling,
+            self.decoder,
+            generator,
+        )
