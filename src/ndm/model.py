@@ -45,7 +45,9 @@ class NDM(nn.Module):
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
         if time_sampling not in TIME_SAMPLINGS:
-            raise ValueError(f"unknown time sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+            raise ValueError(
+                f"unknown time sampling {time_sampling!r}; choose one of {TIME_SAMPLINGS}"
+            )
         if objective == "simple" and process.transform.is_learned:
             raise ValueError(
                 "the simple noise loss collapses a learned transform to 0; "

@@ -1,0 +1,155 @@
+"""Discrete and continuous NELBO terms against their limits and the VDM special case."""
+
+import pytest
+import torch
+from scipy.integrate import quad
+
+from ndm.decoders import GaussianDecoder
+from ndm.model import NDM
+from ndm.nets.mlp import TimeMLP
+from ndm.objectives import (
+    continuous_diffusion_integrand,
+    discrete_diffusion_term,
+    simple_noise_loss,
+)
+from ndm.predictors import Predictor
+from ndm.process import NeuralDiffusion
+from ndm.schedules import CosineSchedule, LearnedVPSchedule, LinearVPSchedule
+from ndm.timesampling import TIME_SAMPLINGS, sample_times
+from ndm.transforms import IdentityTransform, LearnedTransform
+
+B = 32
+
+
+def _model(transform_learned: bool = True, schedule=None):
+    torch.manual_seed(0)
+    schedule = (schedule or LinearVPSchedule()).double()
+    transform = (
+        LearnedTransform(TimeMLP(2, hidden=32, depth=2)).double()
+        if transform_learned
+        else IdentityTransform()
+    )
+    predictor = Predictor(TimeMLP(2, hidden=32, depth=2).double(), schedule, "eps")
+    return NeuralDiffusion(schedule, transform), predictor
+
+
+def test_discrete_term_tends_to_continuous_integrand_for_learned_nonlinear_f():
+    """Check 2: T L_t -> the continuous integrand at the same (t, z_t), error shrinking ~ 1/T."""
+    process, predictor = _model()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    noise = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    t = 0.1 + 0.8 * torch.rand(B, generator=g, dtype=torch.float64)
+    continuous = continuous_diffusion_integrand(process, predictor, x, t, noise)
+    worst, typical = [], []
+    for steps in (100, 1000, 10_000):
+        discrete = steps * discrete_diffusion_term(process, predictor, x, t - 1 / steps, t, noise)
+        relative = ((discrete - continuous).abs() / continuous).detach()
+        worst.append(float(relative.max()))
+        typical.append(float(relative.median()))
+    assert worst[2] < 1e-2 and typical[2] < 1e-3
+    assert typical[0] > 5 * typical[1] > 25 * typical[2]
+    assert worst[0] > worst[1] > worst[2]
+
+
+def test_identity_continuous_integrand_is_vdm_loss():
+    """Check 3: F = x gives 1/2 gamma' SNR ||x - x_hat||^2 = 1/2 gamma' ||eps - eps_hat||^2."""
+    process, predictor = _model(transform_learned=False, schedule=CosineSchedule())
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    noise = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    t = torch.rand(B, generator=g, dtype=torch.float64)
+    v = process.schedule(t)
+    z = v.alpha[:, None] * x + v.sigma[:, None] * noise
+    x_hat = predictor(z, t)
+    eps_hat = predictor.net(z, t)
+    expected = 0.5 * v.d_gamma * torch.exp(-v.gamma) * (x - x_hat).pow(2).sum(1)
+    got = continuous_diffusion_integrand(process, predictor, x, t, noise)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got, 0.5 * v.d_gamma * (noise - eps_hat).pow(2).sum(1))
+
+
+def test_identity_discrete_term_is_vdm_discrete_loss():
+    """Check 3: F = x gives L_t = 1/2 (SNR(s) - SNR(t)) ||x - x_hat||^2."""
+    process, predictor = _model(transform_learned=False)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    noise = torch.randn(B, 2, generator=g, dtype=torch.float64)
+    t = 0.05 + 0.95 * torch.rand(B, generator=g, dtype=torch.float64)
+    s = t - 0.05
+    v_s, v_t = process.schedule(s), process.schedule(t)
+    x_hat = predictor(v_t.alpha[:, None] * x + v_t.sigma[:, None] * noise, t)
+    snr_gap = torch.exp(-v_s.gamma) - torch.exp(-v_t.gamma)
+    expected = 0.5 * snr_gap * (x - x_hat).pow(2).sum(1)
+    torch.testing.assert_close(
+        discrete_diffusion_term(process, predictor, x, s, t, noise), expected
+    )
+
+
+def test_gaussian_reconstruction_closed_form():
+    x, z0 = torch.randn(B, 3, dtype=torch.float64), torch.randn(B, 3, dtype=torch.float64)
+    alpha0, sigma0 = (
+        torch.full((B,), 0.99, dtype=torch.float64),
+        torch.full((B,), 0.05, dtype=torch.float64),
+    )
+    dist = torch.distributions.Normal(z0 / 0.99, 0.05 / 0.99)
+    expected = -dist.log_prob(x).sum(1)
+    torch.testing.assert_close(GaussianDecoder().nll(x, z0, alpha0, sigma0), expected)
+
+
+@pytest.mark.parametrize("method", TIME_SAMPLINGS)
+def test_time_sampling_gives_unbiased_estimates(method):
+    """E_p[h(t) / p(t)] = int_0^1 h(t) dt for each density, on a learned schedule too."""
+    torch.manual_seed(0)
+    for schedule in (LinearVPSchedule().double(), LearnedVPSchedule(hidden=8).double()):
+        like = torch.zeros(1, dtype=torch.float64)
+        g = torch.Generator().manual_seed(4)
+        t, density = sample_times(schedule, 400_000, method, like, g)
+        assert bool(((t >= 0) & (t <= 1)).all())
+
+        def h(tt):
+            return torch.as_tensor(tt, dtype=torch.float64).sin() + 2 * torch.as_tensor(tt) ** 2
+
+        estimate = (h(t) / density).mean()
+        exact, _ = quad(lambda tt: float(h(tt)), 0, 1)
+        stderr = float((h(t) / density).std()) / 400_000**0.5
+        assert abs(float(estimate) - exact) < 5 * stderr + 1e-9
+
+
+def test_importance_density_is_proportional_to_inverse_g2():
+    schedule = LinearVPSchedule().double()
+    like = torch.zeros(1, dtype=torch.float64)
+    t, density = sample_times(schedule, 1000, "importance", like, torch.Generator().manual_seed(0))
+    cell_mid = ((t * 1000).floor() + 0.5) / 1000
+    ratio = density * schedule(cell_mid).g2
+    torch.testing.assert_close(ratio, ratio.mean().expand(1000))
+    mass = 1 / schedule(torch.linspace(0.0005, 0.9995, 1000, dtype=torch.float64)).g2
+    torch.testing.assert_close(ratio.mean(), 1000 / mass.sum())
+
+
+def test_simple_loss_refuses_learned_transform_and_equals_noise_mse_for_identity():
+    process, predictor = _model(transform_learned=True)
+    x = torch.randn(B, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="collapses a learned transform"):
+        simple_noise_loss(process, predictor, x)
+    with pytest.raises(ValueError, match="collapses a learned transform"):
+        NDM(process, predictor, objective="simple")
+    process, predictor = _model(transform_learned=False)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    loss = simple_noise_loss(process, predictor, x, g1)
+    t = torch.rand(B, generator=g2, dtype=torch.float64)
+    noise = torch.randn(B, 2, generator=g2, dtype=torch.float64)
+    v = process.schedule(t)
+    eps_hat = predictor.net(v.alpha[:, None] * x + v.sigma[:, None] * noise, t)
+    torch.testing.assert_close(loss, (noise - eps_hat).pow(2).sum(1))
+
+
+def test_continuous_objective_trains_both_networks_and_the_schedule():
+    schedule = LearnedVPSchedule(hidden=8)
+    torch.manual_seed(0)
+    transform = LearnedTransform(TimeMLP(2, hidden=16, depth=1, zero_init_output=True))
+    predictor = Predictor(TimeMLP(2, hidden=16, depth=1), schedule)
+    model = NDM(NeuralDiffusion(schedule, transform), predictor)
+    model.loss(torch.randn(B, 2)).mean().backward()
+    for module in (schedule, transform, predictor.net):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())

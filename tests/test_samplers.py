@@ -1,0 +1,106 @@
+"""Samplers: ODE solver order on a flow with a known solution, and sample moments on Gaussian data."""
+
+import math
+
+import pytest
+import torch
+
+from ndm.process import NeuralDiffusion
+from ndm.samplers import SAMPLERS, get_sampler, time_grid
+from ndm.schedules import CosineSchedule, LinearVPSchedule
+from ndm.transforms import AffineTransform, IdentityTransform
+from tests.exact_gaussian import COV, MATRIX, MEAN, SHIFT, ExactGaussianPredictor
+
+
+def _exact_flow_endpoint(schedule, z1: torch.Tensor) -> torch.Tensor:
+    """With F = x and Gaussian data, the probability-flow map is affine: all covariances
+    ``C_t = alpha^2 Sigma + sigma^2 I`` share eigenvectors, so
+    ``z_0 = m_0 + C_0^{1/2} C_1^{-1/2} (z_1 - m_1)``, returned in data scale ``z_0 / alpha_0``."""
+    ends = schedule(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    lam, vec = torch.linalg.eigh(COV)
+    scale0 = (ends.alpha[0] ** 2 * lam + ends.sigma[0] ** 2).sqrt()
+    scale1 = (ends.alpha[1] ** 2 * lam + ends.sigma[1] ** 2).sqrt()
+    linear = vec @ torch.diag(scale0 / scale1) @ vec.T
+    z0 = ends.alpha[0] * MEAN + (z1 - ends.alpha[1] * MEAN) @ linear.T
+    return z0 / ends.alpha[0]
+
+
+@pytest.mark.parametrize("method,order", [("euler", 1), ("midpoint", 2), ("heun", 2), ("rk4", 4)])
+def test_fixed_step_ode_solvers_show_their_order(method, order):
+    schedule = CosineSchedule().double()
+    process = NeuralDiffusion(schedule, IdentityTransform())
+    predictor = ExactGaussianPredictor(schedule, IdentityTransform())
+    z1 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = _exact_flow_endpoint(schedule, z1)
+    ode = get_sampler("ode")
+    errors = []
+    for steps in (20, 40, 80):
+        result = ode(process, predictor, z1, time_grid(steps, dtype=torch.float64), method=method)
+        errors.append(float((result.sample - exact).abs().max()))
+        stages = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[method]
+        assert result.nfe == stages * steps
+    rates = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
+    assert all(abs(rate - order) < 0.3 for rate in rates), rates
+
+
+def test_adaptive_ode_matches_exact_flow():
+    schedule = CosineSchedule().double()
+    process = NeuralDiffusion(schedule, IdentityTransform())
+    predictor = ExactGaussianPredictor(schedule, IdentityTransform())
+    z1 = torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    result = get_sampler("ode")(
+        process, predictor, z1, time_grid(1, dtype=torch.float64), rtol=1e-8, atol=1e-8
+    )
+    torch.testing.assert_close(result.sample, _exact_flow_endpoint(schedule, z1), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name,steps,options",
+    [
+        ("ddpm", 200, {}),
+        ("ddim", 200, {}),
+        ("ddim", 100, {"eta": 0.5}),
+        ("sde", 500, {}),
+        ("ode", 1, {}),
+    ],
+)
+def test_samplers_reproduce_gaussian_data_with_exact_predictor_and_affine_f(name, steps, options):
+    schedule = LinearVPSchedule().double()
+    transform = AffineTransform(MATRIX, SHIFT)
+    process = NeuralDiffusion(schedule, transform)
+    predictor = ExactGaussianPredictor(schedule, transform)
+    n = 20_000
+    g = torch.Generator().manual_seed(2)
+    z1 = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    grid = time_grid(steps, dtype=torch.float64)
+    result = get_sampler(name)(process, predictor, z1, grid, generator=g, **options)
+    sample = result.sample
+    assert result.nfe >= steps
+    torch.testing.assert_close(sample.mean(0), MEAN, atol=0.04, rtol=0)
+    torch.testing.assert_close(torch.cov(sample.T), COV, atol=0.06, rtol=0)
+
+
+def test_trajectory_and_nfe_reporting():
+    schedule = LinearVPSchedule()
+    process = NeuralDiffusion(schedule, IdentityTransform())
+    predictor = ExactGaussianPredictor(schedule, IdentityTransform())
+    z1 = torch.randn(8, 2)
+    for name in ("ddpm", "ddim", "sde"):
+        result = get_sampler(name)(process, predictor, z1, time_grid(10), trajectory=True)
+        assert result.nfe == 10 and result.trajectory.shape == (11, 8, 2)
+        assert torch.equal(result.trajectory[0], z1)
+
+
+def test_unknown_sampler_and_bad_grid():
+    assert set(SAMPLERS) == {"ddpm", "ddim", "sde", "ode"}
+    with pytest.raises(ValueError, match="unknown sampler 'euler'.*choose one of"):
+        get_sampler("euler")
+    schedule = LinearVPSchedule()
+    process = NeuralDiffusion(schedule, IdentityTransform())
+    predictor = ExactGaussianPredictor(schedule, IdentityTransform())
+    with pytest.raises(ValueError, match="end at t = 0"):
+        get_sampler("ddpm")(process, predictor, torch.randn(2, 2), torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="num_steps must be at least 1"):
+        time_grid(0)
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        get_sampler("ode")(process, predictor, torch.randn(2, 2), time_grid(2), method="rk45")
