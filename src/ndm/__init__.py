@@ -1,0 +1,53 @@
+"""Neural Diffusion Models: diffusion with a learned, time-dependent data transform ``F_phi(x, t)``.
+
+Conventions: ``t`` in ``[0, 1]`` with ``t = 0`` the data side; ``t`` has shape ``[B]``;
+losses are per-example terms in nats; bits/dim via :func:`ndm.likelihood.bits_per_dim`.
+"""
+
+from ndm.likelihood import bits_per_dim, continuous_nelbo, discrete_nelbo, ode_nll
+from ndm.model import NDM
+from ndm.nets.mlp import TimeMLP
+from ndm.objectives import (
+    LossTerms,
+    continuous_nelbo_terms,
+    discrete_nelbo_terms,
+    simple_noise_loss,
+)
+from ndm.predictors import Predictor
+from ndm.process import NeuralDiffusion
+from ndm.samplers import SAMPLERS, get_sampler, time_grid
+from ndm.schedules import (
+    CosineSchedule,
+    FlowMatchingOTSchedule,
+    LearnedVPSchedule,
+    LinearVPSchedule,
+    make_schedule,
+)
+from ndm.transforms import AffineTransform, IdentityTransform, LearnedTransform, Transform
+
+__all__ = [
+    "NDM",
+    "SAMPLERS",
+    "AffineTransform",
+    "CosineSchedule",
+    "FlowMatchingOTSchedule",
+    "IdentityTransform",
+    "LearnedTransform",
+    "LearnedVPSchedule",
+    "LinearVPSchedule",
+    "LossTerms",
+    "NeuralDiffusion",
+    "Predictor",
+    "TimeMLP",
+    "Transform",
+    "bits_per_dim",
+    "continuous_nelbo",
+    "continuous_nelbo_terms",
+    "discrete_nelbo",
+    "discrete_nelbo_terms",
+    "get_sampler",
+    "make_schedule",
+    "ode_nll",
+    "simple_noise_loss",
+    "time_grid",
+]

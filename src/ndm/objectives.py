@@ -51,11 +51,14 @@ class LossTerms:
 def reconstruction_nll(
     process: NeuralDiffusion, x: Tensor, decoder: Decoder, noise: Tensor | None = None
 ) -> Tensor:
-    """``-log p(x | z_0)`` with ``z_0 ~ q(z_0 | x) = N(alpha_0 x, sigma_0^2 I)``, ``[B]``."""
+    """``-log p(x | z_0)`` with ``z_0 ~ q(z_0 | x) = N(alpha_0 x, sigma_0^2 I)``, ``[B]``.
+
+    ``F(x, 0) = x`` holds by construction, so the transform is not evaluated.
+    """
     zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     noise = torch.randn_like(x) if noise is None else noise
-    z0, _ = process.marginal(x, zero, noise)
     sched = process.schedule(zero)
+    z0 = _per_example(sched.alpha, x) * x + _per_example(sched.sigma, x) * noise
     return decoder.nll(x, z0, sched.alpha, sched.sigma)
 
 
