@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ndm.data.toy2d import GAUSSIAN_COV as COV
+from ndm.data.toy2d import GAUSSIAN_MEAN as MEAN
 from ndm.schedules import Schedule
 from ndm.transforms import AffineTransform, IdentityTransform
 
-MEAN = torch.tensor([1.0, -0.5], dtype=torch.float64)
-COV = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
 MATRIX = torch.tensor([[0.3, -0.2], [0.1, -0.4]], dtype=torch.float64)
 SHIFT = torch.tensor([0.5, -0.3], dtype=torch.float64)
 
