@@ -135,13 +135,18 @@ def continuous_nelbo(
     generator: torch.Generator | None = None,
 ) -> LossTerms:
     """Continuous NELBO, its diffusion term averaged over ``num_time_samples`` Monte Carlo
-    draws of ``(t, z_t)`` per example."""
+    draws of ``(t, z_t)`` per example. Draw ``k`` takes its time from the quantile stratum
+    ``[k / K, (k + 1) / K)`` of ``p(t)``, which keeps the estimate unbiased and lowers its
+    variance."""
     draws = []
-    for _ in range(num_time_samples):
+    strata = num_time_samples
+    for k in range(strata):
+        u = (k + torch.rand(x.shape[0], generator=generator, dtype=x.dtype)) / strata
         with torch.no_grad():
-            draws.append(
-                continuous_nelbo_terms(process, predictor, x, time_sampling, decoder, generator)
+            terms = continuous_nelbo_terms(
+                process, predictor, x, time_sampling, decoder, generator, u=u.to(x.device)
             )
+        draws.append(terms)
     return LossTerms(
         draws[0].prior,
         torch.stack([d.diffusion for d in draws]).mean(0),

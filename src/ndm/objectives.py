@@ -118,10 +118,12 @@ def continuous_nelbo_terms(
     time_sampling: str = "importance",
     decoder: Decoder | None = None,
     generator: torch.Generator | None = None,
+    u: Tensor | None = None,
 ) -> LossTerms:
-    """Continuous-time NELBO with one time per example drawn by ``time_sampling``
-    (see :func:`ndm.timesampling.sample_times`) and the integrand divided by ``p(t)``."""
-    t, density = sample_times(process.schedule, x.shape[0], time_sampling, x, generator)
+    """Continuous-time NELBO with one time per example drawn by ``time_sampling`` (the
+    ``u``-quantile of ``p(t)`` if ``u [B]`` is given, see :func:`ndm.timesampling.sample_times`)
+    and the integrand divided by ``p(t)``."""
+    t, density = sample_times(process.schedule, x.shape[0], time_sampling, x, generator, u=u)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     diffusion = continuous_diffusion_integrand(process, predictor, x, t, noise) / density
     return LossTerms(

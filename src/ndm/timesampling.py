@@ -6,8 +6,10 @@
 - ``gamma``: ``p(t)`` proportional to ``gamma'(t)``, i.e. uniform in ``gamma`` (VDM's choice).
 
 The last two are tabulated as piecewise-constant densities on ``num_cells`` equal cells,
-recomputed at every call so that a learned schedule is followed; the estimator divides by
-the exact density of that piecewise-constant law, so it stays unbiased.
+recomputed at every call so that a learned schedule is followed, and drawn by inverting
+their distribution function; the estimator divides by the exact density of that
+piecewise-constant law, so it stays unbiased. Passing the uniform variates ``u`` lets an
+evaluation stratify them (one per stratum of ``[0, 1]``) whatever the density.
 """
 
 from __future__ import annotations
@@ -35,17 +37,22 @@ def sample_times(
     like: Tensor,
     generator: torch.Generator | None = None,
     num_cells: int = 1000,
+    u: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """``(t, p(t))``, both ``[batch]``, with dtype and device of ``like``."""
+    """``(t, p(t))``, both ``[batch]``, with dtype and device of ``like``; ``t`` is the
+    ``u``-quantile of ``p`` (``u ~ U[0, 1]`` drawn here unless given)."""
     opts = {"dtype": like.dtype, "device": like.device}
     if method not in TIME_SAMPLINGS:
         raise ValueError(f"unknown time sampling {method!r}; choose one of {TIME_SAMPLINGS}")
-    u = torch.rand(batch, generator=generator, **opts)
-    if method == "uniform":
+    if u is None:
+        u = torch.rand(batch, generator=generator, **opts)
+        if method == "stratified":
+            order = torch.randperm(batch, generator=generator, device=like.device)
+            u = (order.to(like.dtype) + u) / batch
+    if method in ("uniform", "stratified"):
         return u, torch.ones(batch, **opts)
-    if method == "stratified":
-        order = torch.randperm(batch, generator=generator, device=like.device)
-        return (order.to(like.dtype) + u) / batch, torch.ones(batch, **opts)
     mass = _cell_weights(schedule, method, num_cells, like)
-    cell = torch.multinomial(mass, batch, replacement=True, generator=generator)
-    return (cell.to(like.dtype) + u) / num_cells, mass[cell] * num_cells
+    upper = mass.cumsum(0)
+    cell = torch.searchsorted(upper, u).clamp_max(num_cells - 1)
+    within = ((u - (upper[cell] - mass[cell])) / mass[cell]).clamp(0, 1)
+    return (cell.to(like.dtype) + within) / num_cells, mass[cell] * num_cells
