@@ -1,0 +1,218 @@
+"""Run configuration: frozen dataclasses that hold every default of a training run.
+
+A :class:`RunConfig` has four sections (``data``, ``model``, ``train``, ``eval``). Each
+field carries its help text, its valid choices or a range check in ``metadata``; the same
+metadata validates values on construction and generates the command-line flags
+(:func:`add_config_arguments`). A flag is ``--field-name``, or ``--section-field-name``
+when the field name occurs in more than one section (``--data-seed``, ``--train-seed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, get_type_hints
+
+import torch
+
+from ndm.data.toy2d import DATASETS
+from ndm.model import OBJECTIVES
+from ndm.predictors import PARAMETERISATIONS
+from ndm.schedules import SCHEDULES
+from ndm.timesampling import TIME_SAMPLINGS
+
+TRANSFORMS = ("learned", "identity")
+
+Check = tuple[str, Callable[[Any], bool]]
+POSITIVE: Check = ("positive", lambda v: v > 0)
+NON_NEGATIVE: Check = ("non-negative", lambda v: v >= 0)
+UNIT_INTERVAL: Check = ("in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def _option(default: Any, help: str, choices: Any = None, check: Check | None = None) -> Any:
+    """A dataclass field with its help text and either its choices or a range check."""
+    choices = sorted(choices) if choices is not None else None
+    return field(default=default, metadata={"help": help, "choices": choices, "check": check})
+
+
+class _Section:
+    """Validation shared by the sections: type (taken from the default), choices, range."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            if kind is float and type(value) is int:
+                value = float(value)
+                object.__setattr__(self, f.name, value)
+            if type(value) is not kind:
+                raise ValueError(
+                    f"{f.name} must be of type {kind.__name__}, got {value!r} "
+                    f"({type(value).__name__})"
+                )
+            choices, check = f.metadata["choices"], f.metadata["check"]
+            if choices is not None and value not in choices:
+                raise ValueError(f"unknown {f.name} {value!r}; choose one of {choices}")
+            if check is not None and not check[1](value):
+                raise ValueError(f"{f.name} must be {check[0]}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """Toy 2-D dataset and the sizes of its train and test splits."""
+
+    dataset: str = _option("checkerboard", "toy 2-D dataset", DATASETS)
+    n_train: int = _option(100_000, "training set size", check=POSITIVE)
+    n_test: int = _option(10_000, "test set size", check=POSITIVE)
+    seed: int = _option(0, "seed of the data splits", check=NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """Forward process, networks and training objective."""
+
+    transform: str = _option("learned", "data transform F_phi(x, t)", TRANSFORMS)
+    schedule: str = _option("linear", "noise schedule", SCHEDULES)
+    parameterisation: str = _option("eps", "predictor output", PARAMETERISATIONS)
+    hidden: int = _option(256, "hidden width of both networks", check=POSITIVE)
+    depth: int = _option(3, "residual blocks of both networks", check=POSITIVE)
+    objective: str = _option("continuous", "training objective", OBJECTIVES)
+    num_steps: int = _option(1000, "steps T of the discrete objective", check=POSITIVE)
+    time_sampling: str = _option("gamma", "p(t) of the continuous objective", TIME_SAMPLINGS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.objective == "simple" and self.transform == "learned":
+            raise ValueError(
+                "objective 'simple' collapses a learned transform to 0; use objective "
+                "'continuous' or 'discrete', or transform 'identity'"
+            )
+        if self.schedule == "fm_ot" and self.parameterisation == "eps":
+            raise ValueError(
+                "schedule 'fm_ot' has alpha_1 = 0, which an eps predictor divides by; "
+                "use parameterisation 'x'"
+            )
+
+
+def _is_device(name: str) -> bool:
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """Optimisation, seeds and the cadence of logs and checkpoints."""
+
+    steps: int = _option(2_500, "total optimisation steps", check=POSITIVE)
+    batch_size: int = _option(512, "minibatch size", check=POSITIVE)
+    lr: float = _option(2e-3, "AdamW learning rate", check=POSITIVE)
+    weight_decay: float = _option(0.0, "AdamW weight decay", check=NON_NEGATIVE)
+    warmup_steps: int = _option(500, "steps of linear learning-rate warmup", check=NON_NEGATIVE)
+    ema_decay: float = _option(0.995, "decay of the weight EMA", check=UNIT_INTERVAL)
+    grad_clip: float = _option(1.0, "maximum gradient norm", check=POSITIVE)
+    seed: int = _option(0, "seed of initialisation, minibatches and noise", check=NON_NEGATIVE)
+    checkpoint_every: int = _option(1000, "steps between checkpoints", check=POSITIVE)
+    log_every: int = _option(100, "steps between metric lines", check=POSITIVE)
+    device: str = _option("cpu", "torch device", check=("a torch device name", _is_device))
+
+
+@dataclass(frozen=True)
+class EvalConfig(_Section):
+    """Test-set likelihood evaluation and the samples drawn after training."""
+
+    n_eval: int = _option(1000, "test points evaluated", check=POSITIVE)
+    rtol: float = _option(1e-5, "relative tolerance of the ODE solver", check=POSITIVE)
+    atol: float = _option(1e-5, "absolute tolerance of the ODE solver", check=POSITIVE)
+    nelbo_time_samples: int = _option(64, "time samples per point of the NELBO", check=POSITIVE)
+    n_samples: int = _option(5000, "samples drawn for the plots", check=POSITIVE)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: data, model, training and evaluation sections."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _sections() -> dict[str, type]:
+    """Section name -> section dataclass, in the order of :class:`RunConfig`."""
+    hints = get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in fields(RunConfig)}
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Nested plain dict ``{section: {field: value}}``, JSON-serialisable."""
+    return asdict(cfg)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
+    """Inverse of :func:`config_to_dict`. Missing fields take their defaults; unknown
+    sections or fields raise ``ValueError`` naming them."""
+    sections = _sections()
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ValueError(f"unknown config sections {unknown}; known: {list(sections)}")
+    built = {}
+    for name, cls in sections.items():
+        values = data.get(name, {})
+        if not isinstance(values, Mapping):
+            raise ValueError(f"config section {name!r} must be a mapping, got {values!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown} in section {name!r}")
+        built[name] = cls(**values)
+    return RunConfig(**built)
+
+
+def _flag_names() -> dict[tuple[str, str], str]:
+    """``(section, field) -> flag`` with the section prefixed to names used more than once."""
+    pairs = [(s, f.name) for s, cls in _sections().items() for f in fields(cls)]
+    counts: dict[str, int] = {}
+    for _, name in pairs:
+        counts[name] = counts.get(name, 0) + 1
+    return {
+        (s, n): "--" + (n if counts[n] == 1 else f"{s}_{n}").replace("_", "-") for s, n in pairs
+    }
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, config_cls: type[RunConfig] = RunConfig
+) -> None:
+    """Add one flag per field of ``config_cls`` (a group per section). Flags not given on
+    the command line are absent from the parsed namespace, so that
+    :func:`config_from_args` can tell them from defaults."""
+    flags = _flag_names()
+    hints = get_type_hints(config_cls)
+    for section in fields(config_cls):
+        group = parser.add_argument_group(f"{section.name} options")
+        for f in fields(hints[section.name]):
+            choices = f.metadata["choices"]
+            group.add_argument(
+                flags[section.name, f.name],
+                dest=f"{section.name}.{f.name}",
+                type=type(f.default),
+                choices=choices,
+                default=argparse.SUPPRESS,
+                metavar=None if choices else f.name.upper(),
+                help=f"{f.metadata['help']} (default: {f.default})",
+            )
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """The config of ``base`` (default: :class:`RunConfig` defaults) with the flags given
+    in ``args`` applied; invalid values raise ``ValueError``."""
+    data = config_to_dict(base or RunConfig())
+    for key, value in vars(args).items():
+        section, _, name = key.partition(".")
+        if section in data and name in data[section]:
+            data[section][name] = value
+    return config_from_dict(data)

@@ -1,0 +1,175 @@
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from ndm.checkpoint import load_checkpoint, save_checkpoint
+from ndm.cli import main
+
+TINY = (
+    "--steps 20 --hidden 32 --depth 1 --n-train 512 --n-test 256 --n-eval 64 --n-samples 256 "
+    "--batch-size 64 --checkpoint-every 10 --log-every 5 --warmup-steps 5 --rtol 1e-3 "
+    "--atol 1e-3 --nelbo-time-samples 4"
+).split()
+FAST_ODE = ["--rtol", "1e-3", "--atol", "1e-3"]
+RUN_FILES = {"checkpoint.pt", "config.json", "metrics.jsonl", "metrics.json"}
+FIGURES = {"samples.png", "transform.png", "trajectories.png"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny networks run fastest on one thread (and do not fight other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "run"
+    assert main(["train", "--run-dir", str(run), *TINY]) == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    return shutil.copytree(trained, tmp_path / "copy")
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def one_line_error(capsys, *fragments):
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    err = lines[0]
+    assert err.startswith("ndm ")
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_train_writes_run_files_and_metrics(trained):
+    assert {p.name for p in trained.iterdir()} == RUN_FILES | FIGURES
+    assert all((trained / name).read_bytes().startswith(b"\x89PNG") for name in FIGURES)
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["n_eval"] == 64 and metrics["entropy"] == pytest.approx(math.log(32))
+    assert metrics["entropy_bpd"] == pytest.approx(2.5)
+    for key in ("nll", "nll_bpd", "nll_nfe", "nelbo", "nelbo_prior", "nelbo_diffusion"):
+        assert math.isfinite(metrics[key])
+    assert metrics["nelbo_bpd"] == pytest.approx(metrics["nelbo"] / (2 * math.log(2)))
+    assert load_checkpoint(trained / "checkpoint.pt")["step"] == 20
+
+
+def test_resume_continues_to_more_steps(run_copy, capsys):
+    lines = (run_copy / "metrics.jsonl").read_text().splitlines()
+    assert main(["train", "--run-dir", str(run_copy), "--resume", "--steps", "30"]) == 0
+    grown = (run_copy / "metrics.jsonl").read_text().splitlines()
+    assert grown[: len(lines)] == lines and json.loads(grown[-1])["step"] == 30
+    assert len(grown) == len(lines) + 2
+    assert load_checkpoint(run_copy / "checkpoint.pt")["step"] == 30
+    assert "trained 30 steps" in capsys.readouterr().out
+    # a finished run cannot be resumed without more steps
+    before = snapshot(run_copy)
+    assert main(["train", "--run-dir", str(run_copy), "--resume"]) == 1
+    one_line_error(capsys, "already reached step 30")
+    assert snapshot(run_copy) == before
+
+
+def test_resume_of_an_absent_run_fails(tmp_path, capsys):
+    assert main(["train", "--run-dir", str(tmp_path / "nowhere"), "--resume"]) == 1
+    one_line_error(capsys, "nowhere", "does not exist")
+    assert main(["train", "--resume"]) == 1
+    one_line_error(capsys, "--run-dir")
+
+
+def test_train_refuses_an_existing_run(run_copy, capsys):
+    before = snapshot(run_copy)
+    assert main(["train", "--run-dir", str(run_copy), *TINY]) == 1
+    one_line_error(capsys, "already holds a checkpoint")
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("sampler", ["ode", "sde", "ddpm", "ddim"])
+def test_sample_with_each_sampler(trained, tmp_path, capsys, sampler):
+    out = tmp_path / f"{sampler}.png"
+    argv = ["sample", str(trained), "--sampler", sampler, "--steps", "8", "--n", "50"]
+    assert main([*argv, "--out", str(out), "--eta", "0.5", *FAST_ODE]) == 0
+    samples = torch.load(out.with_suffix(".pt"), weights_only=True)
+    assert samples.shape == (50, 2) and torch.isfinite(samples).all()
+    assert out.read_bytes().startswith(b"\x89PNG")
+    nfe = 8 if sampler != "ode" else None
+    printed = capsys.readouterr().out
+    assert "NFE" in printed and (nfe is None or f"NFE {nfe}" in printed)
+
+
+def test_sample_default_output_goes_into_the_run(run_copy):
+    assert main(["sample", str(run_copy), "--sampler", "ddim", "--steps", "4", "--n", "20"]) == 0
+    assert (run_copy / "samples-ddim-4.png").exists()
+    assert torch.load(run_copy / "samples-ddim-4.pt", weights_only=True).shape == (20, 2)
+
+
+def test_unknown_sampler_is_a_usage_error(trained, capsys):
+    before = snapshot(trained)
+    assert main(["sample", str(trained), "--sampler", "euler-ish"]) == 2
+    one_line_error(capsys, "invalid choice: 'euler-ish'", "'ddim'", "'ddpm'", "'ode'", "'sde'")
+    assert snapshot(trained) == before
+
+
+def test_eval_writes_and_prints_metrics(run_copy, capsys):
+    assert main(["eval", str(run_copy), "--n-eval", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "NLL" in printed and "NELBO" in printed and "bits/dim" in printed
+    assert "entropy 3.4657" in printed
+    assert json.loads((run_copy / "metrics.json").read_text())["n_eval"] == 32
+
+
+def test_missing_run_and_missing_checkpoint(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "absent")]) == 1
+    one_line_error(capsys, "absent", "does not exist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["sample", str(empty)]) == 1
+    one_line_error(capsys, "no checkpoint at", "checkpoint.pt")
+    assert list(empty.iterdir()) == []
+
+
+def test_corrupt_checkpoint(run_copy, capsys):
+    (run_copy / "checkpoint.pt").write_bytes(b"\x80garbage" * 100)
+    before = snapshot(run_copy)
+    for command in (["sample"], ["eval"]):
+        assert main([*command, str(run_copy)]) == 1
+        one_line_error(capsys, "checkpoint.pt is corrupt or not an ndm checkpoint")
+    assert main(["train", "--run-dir", str(run_copy), "--resume", "--steps", "40"]) == 1
+    one_line_error(capsys, "corrupt or not an ndm checkpoint")
+    assert snapshot(run_copy) == before
+
+
+def test_unknown_config_key_in_checkpoint(run_copy, capsys):
+    state = load_checkpoint(run_copy / "checkpoint.pt")
+    state["config"]["model"]["colour"] = "red"
+    save_checkpoint(run_copy / "checkpoint.pt", state)
+    before = snapshot(run_copy)
+    assert main(["eval", str(run_copy)]) == 1
+    one_line_error(capsys, "unknown config keys ['colour']")
+    assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--batch-size", "0"], "batch_size must be positive, got 0"),
+        (["--objective", "simple"], "objective 'simple' collapses a learned transform"),
+        (["--lr", "fast"], "invalid float value: 'fast'"),
+        (["--schedule", "bogus"], "invalid choice: 'bogus'"),
+    ],
+)
+def test_bad_train_values_write_nothing(tmp_path, capsys, flags, message):
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *flags]) in (1, 2)
+    one_line_error(capsys, message)
+    assert not run.exists()

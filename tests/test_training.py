@@ -1,0 +1,285 @@
+import argparse
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ndm.builders import build_model
+from ndm.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ndm.config import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    add_config_arguments,
+    config_from_args,
+    config_from_dict,
+    config_to_dict,
+)
+from ndm.training import load_run, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny networks run fastest on one thread (and do not fight other processes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(steps: int = 6, **train: object) -> RunConfig:
+    return RunConfig(
+        DataConfig(n_train=256, n_test=64),
+        ModelConfig(hidden=16, depth=1),
+        TrainConfig(
+            steps=steps, batch_size=32, warmup_steps=3, checkpoint_every=3, log_every=2, **train
+        ),
+        EvalConfig(n_eval=16, rtol=1e-3, atol=1e-3, nelbo_time_samples=2, n_samples=64),
+    )
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def logged_steps(run):
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def no_temp_files(folder):
+    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+def custom_config() -> RunConfig:
+    return RunConfig(
+        DataConfig(dataset="moons", n_train=300, n_test=40, seed=3),
+        ModelConfig(transform="identity", schedule="cosine", parameterisation="x", hidden=8),
+        TrainConfig(steps=7, lr=1e-3, ema_decay=0.9, seed=5, device="cpu"),
+        EvalConfig(n_eval=9, rtol=1e-4),
+    )
+
+
+def test_config_round_trip_through_dict_and_json():
+    cfg = custom_config()
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+    assert config_from_dict({}) == RunConfig()
+    assert config_from_dict({"train": {"lr": 1}}).train.lr == 1.0  # int accepted for a float
+
+
+def test_config_round_trip_through_argparse():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, RunConfig)
+    assert config_from_args(parser.parse_args([])) == RunConfig()
+    argv = "--dataset moons --n-train 300 --n-test 40 --data-seed 3 --transform identity "
+    argv += "--schedule cosine --parameterisation x --hidden 8 --steps 7 --lr 1e-3 "
+    argv += "--ema-decay 0.9 --train-seed 5 --device cpu --n-eval 9 --rtol 1e-4"
+    assert config_from_args(parser.parse_args(argv.split())) == custom_config()
+    # flags not given keep the values of the base config
+    base = custom_config()
+    assert config_from_args(parser.parse_args(["--steps", "11"]), base) == replace(
+        base, train=replace(base.train, steps=11)
+    )
+
+
+def test_config_flags_validate_choices(capsys):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, RunConfig)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--schedule", "bogus"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err and "'cosine'" in err
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match=r"unknown config keys \['colour'\]"):
+        config_from_dict({"model": {"colour": "red"}})
+    with pytest.raises(ValueError, match=r"unknown config sections \['extra'\]"):
+        config_from_dict({"extra": {}})
+    with pytest.raises(ValueError, match="steps must be positive"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="unknown schedule 'bogus'.*linear"):
+        ModelConfig(schedule="bogus")
+    with pytest.raises(ValueError, match="lr must be of type float"):
+        config_from_dict({"train": {"lr": "fast"}})
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        TrainConfig(ema_decay=1.0)
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(device="toaster")
+
+
+def test_simple_objective_with_learned_transform_is_refused():
+    with pytest.raises(ValueError, match="simple.*learned"):
+        ModelConfig(objective="simple", transform="learned")
+    assert ModelConfig(objective="simple", transform="identity").objective == "simple"
+
+
+# --- model builder --------------------------------------------------------------------
+
+
+def test_learned_transform_starts_at_identity():
+    model = build_model(ModelConfig(hidden=16, depth=2), dim=3)
+    x, t = torch.randn(5, 3), torch.rand(5)
+    assert torch.equal(model.process.transform.value(x, t), x)
+    assert model.process.transform.is_learned
+    baseline = build_model(ModelConfig(hidden=16, depth=2, transform="identity"), dim=3)
+    assert not baseline.process.transform.is_learned
+    assert baseline.objective == model.objective and baseline.time_sampling == model.time_sampling
+
+
+# --- checkpoints ----------------------------------------------------------------------
+
+
+def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
+    model = build_model(ModelConfig(hidden=16, depth=1), dim=2)
+    state = {"config": config_to_dict(tiny()), "step": 4, "model": model.state_dict()}
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, state)
+    save_checkpoint(path, state)  # replacing an existing file
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 4 and loaded["config"] == state["config"]
+    assert loaded["model"].keys() == state["model"].keys()
+    assert all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items())
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "file.bin"
+    path.write_bytes(b"old")
+
+    def failing(file):
+        file.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_load_checkpoint_errors_name_the_path(tmp_path):
+    missing = tmp_path / "absent.pt"
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        load_checkpoint(missing)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint\xff" * 10)
+    with pytest.raises(ValueError, match="garbage.pt is corrupt or not an ndm checkpoint"):
+        load_checkpoint(garbage)
+    partial = tmp_path / "partial.pt"
+    save_checkpoint(partial, {"config": {}, "step": 1})
+    with pytest.raises(ValueError, match=r"partial.pt .*missing keys \['model'\]"):
+        load_checkpoint(partial)
+
+
+# --- training -------------------------------------------------------------------------
+
+
+def test_train_writes_run_folder(tmp_path):
+    run = tmp_path / "run"
+    model = train(tiny(), run)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]
+    assert config_from_dict(json.loads((run / "config.json").read_text())) == tiny()
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged_steps(run) == [2, 4, 6]
+    keys = {"step", "loss", "prior", "diffusion", "reconstruction", "lr", "grad_norm"}
+    assert keys | {"seconds_per_step"} == set(lines[0])
+    assert all(math.isfinite(v) for line in lines for v in line.values())
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["step"] == 6 and state["config"] == config_to_dict(tiny())
+    # the returned model carries the EMA weights, as load_run does
+    cfg, loaded = load_run(run)
+    assert cfg == tiny()
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), loaded.parameters(), strict=True)
+    )
+    assert no_temp_files(run)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    train(tiny(steps=4), split)
+    train(tiny(steps=8), split, resume=True)
+    train(tiny(steps=8), whole)
+    a, b = load_checkpoint(split / "checkpoint.pt"), load_checkpoint(whole / "checkpoint.pt")
+    assert a["step"] == b["step"] == 8
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][name], b[key][name]) for name in b[key])
+    opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(opt_a[i]["exp_avg_sq"], opt_b[i]["exp_avg_sq"]) for i in opt_b)
+    assert torch.equal(a["generator"], b["generator"])
+    assert logged_steps(split) == logged_steps(whole) == [2, 4, 6, 8]
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(), run)
+    before = snapshot(run)
+    with pytest.raises(FileExistsError, match="already holds a checkpoint"):
+        train(tiny(steps=9), run)
+    with pytest.raises(ValueError, match="already reached step 6"):
+        train(tiny(), run, resume=True)
+    changed = replace(tiny(steps=9), model=replace(tiny().model, hidden=8))
+    with pytest.raises(ValueError, match=r"model.hidden"):
+        train(changed, run, resume=True)
+    assert snapshot(run) == before
+
+
+def test_resuming_an_absent_run_fails(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny(), tmp_path / "absent", resume=True)
+    assert not (tmp_path / "absent").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            torch.tensor([[0.0, 1.0], [float("nan"), 2.0], [1.0, float("inf")]]),
+            "NaN or inf.*2 of 3",
+        ),
+        (torch.zeros(10), r"shape \[N, D\].*\(10,\)"),
+        (torch.zeros(10, 2, 1), r"shape \[N, D\].*\(10, 2, 1\)"),
+        (torch.zeros(10, 2, dtype=torch.long), "floating point"),
+    ],
+)
+def test_bad_training_data_is_refused_before_writing(tmp_path, data, message):
+    with pytest.raises(ValueError, match=message):
+        train(tiny(), tmp_path / "new", train_data=data)
+    assert not (tmp_path / "new").exists()
+    run = tmp_path / "run"
+    train(tiny(), run)
+    before = snapshot(run)
+    with pytest.raises(ValueError, match=message):
+        train(tiny(steps=9), run, resume=True, train_data=data)
+    assert snapshot(run) == before
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(), run)
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    huge = torch.full((64, 2), 1e30)  # finite data whose squares overflow float32
+    with pytest.raises(FloatingPointError, match="non-finite.*step 7.*step 6"):
+        train(tiny(steps=9), run, resume=True, train_data=huge)
+    assert (run / "checkpoint.pt").read_bytes() == checkpoint
+    assert no_temp_files(run)
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(), run)
+    with (run / "metrics.jsonl").open("a") as file:  # as left by a run stopped at step 7
+        file.write(json.dumps({"step": 7, "loss": 0.0}) + "\n")
+    train(tiny(steps=8), run, resume=True)
+    assert logged_steps(run) == [2, 4, 6, 8]
