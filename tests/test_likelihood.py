@@ -91,6 +91,19 @@ def test_discrete_nelbo_is_above_the_exact_nll_and_tightens_like_one_over_t():
     assert gaps[2] < gaps[1] / 5
 
 
+def test_stratified_discrete_nelbo_is_unbiased_for_the_exact_sum():
+    process, predictor = _setup(schedule=LearnedVPSchedule(hidden=16))
+    x = sample_data(4096, seed=5)
+    generator = torch.Generator().manual_seed(2)
+    exact = discrete_nelbo(process, predictor, x, 32, generator=generator).diffusion
+    strata = discrete_nelbo(process, predictor, x, 32, generator=generator, num_terms=4).diffusion
+    stderr = math.sqrt(float(exact.var() + strata.var()) / x.shape[0])
+    assert abs(float(exact.mean() - strata.mean())) < 4 * stderr
+    assert float(strata.var()) > float(exact.var())  # 4 of 32 terms: noisier, same mean
+    with pytest.raises(ValueError, match="must divide"):
+        discrete_nelbo(process, predictor, x[:2], 32, num_terms=5)
+
+
 def test_bits_per_dim():
     nats = torch.tensor([2 * math.log(2) * 3])
     torch.testing.assert_close(bits_per_dim(nats, dims=2), torch.tensor([3.0]))

@@ -4,7 +4,14 @@ Conventions: ``t`` in ``[0, 1]`` with ``t = 0`` the data side; ``t`` has shape `
 losses are per-example terms in nats; bits/dim via :func:`ndm.likelihood.bits_per_dim`.
 """
 
-from ndm.likelihood import bits_per_dim, continuous_nelbo, discrete_nelbo, ode_nll
+from ndm.decoders import CategoricalDecoder, GaussianDecoder
+from ndm.likelihood import (
+    bits_per_dim,
+    continuous_nelbo,
+    dequantisation_offset,
+    discrete_nelbo,
+    ode_nll,
+)
 from ndm.model import NDM
 from ndm.nets.mlp import TimeMLP
 from ndm.objectives import (
@@ -29,8 +36,10 @@ __all__ = [
     "NDM",
     "SAMPLERS",
     "AffineTransform",
+    "CategoricalDecoder",
     "CosineSchedule",
     "FlowMatchingOTSchedule",
+    "GaussianDecoder",
     "IdentityTransform",
     "LearnedTransform",
     "LearnedVPSchedule",
@@ -43,6 +52,7 @@ __all__ = [
     "bits_per_dim",
     "continuous_nelbo",
     "continuous_nelbo_terms",
+    "dequantisation_offset",
     "discrete_nelbo",
     "discrete_nelbo_terms",
     "get_sampler",

@@ -106,7 +106,7 @@ def _is_device(name: str) -> bool:
 class TrainConfig(_Section):
     """Optimisation, seeds and the cadence of logs and checkpoints."""
 
-    steps: int = _option(2_500, "total optimisation steps", check=POSITIVE)
+    steps: int = _option(2_000, "total optimisation steps", check=POSITIVE)
     batch_size: int = _option(512, "minibatch size", check=POSITIVE)
     lr: float = _option(2e-3, "AdamW learning rate", check=POSITIVE)
     weight_decay: float = _option(0.0, "AdamW weight decay", check=NON_NEGATIVE)
@@ -123,11 +123,11 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """Test-set likelihood evaluation and the samples drawn after training."""
 
-    n_eval: int = _option(1000, "test points evaluated", check=POSITIVE)
+    n_eval: int = _option(500, "test points evaluated", check=POSITIVE)
     rtol: float = _option(1e-5, "relative tolerance of the ODE solver", check=POSITIVE)
     atol: float = _option(1e-5, "absolute tolerance of the ODE solver", check=POSITIVE)
     nelbo_time_samples: int = _option(64, "time samples per point of the NELBO", check=POSITIVE)
-    n_samples: int = _option(5000, "samples drawn for the plots", check=POSITIVE)
+    n_samples: int = _option(2000, "samples drawn for the plots", check=POSITIVE)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ and ``-log p(x) = -log p_0(alpha_0 x) - D log alpha_0`` (the change of scale to 
 The divergence is exact (one backward pass per dimension) or Hutchinson's estimate
 ``v^T (df/dz) v`` with Rademacher probes ``v`` fixed along the path.
 
-Bits per dimension: ``nats / (D ln 2)`` plus an optional offset (:func:`bits_per_dim`).
+Bits per dimension: ``nats / (D ln 2)`` plus an optional offset (:func:`bits_per_dim`); a
+density of dequantised ``L``-level data on ``[-1, 1]`` needs :func:`dequantisation_offset`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ DIVERGENCES = ("exact", "hutchinson")
 def bits_per_dim(nats: Tensor, dims: int, offset: float = 0.0) -> Tensor:
     """``nats / (D ln 2) + offset``: the one conversion from nats per example to bits/dim."""
     return nats / (dims * math.log(2)) + offset
+
+
+def dequantisation_offset(num_levels: int) -> float:
+    """``log2(L / 2)`` bits/dim: turns the NLL of a density over ``L``-level data uniformly
+    dequantised onto ``[-1, 1]`` (bins of width ``2 / L``) into a bound on the discrete NLL,
+    ``-log2 P(k) <= E_u[-log2 p((2 (k + u)) / L - 1)] + log2(L / 2)`` per dimension (7 bits
+    for 8-bit images)."""
+    return math.log2(num_levels / 2)
 
 
 def _divergence(f: Tensor, z: Tensor, probes: Tensor | None) -> Tensor:
@@ -114,13 +123,27 @@ def discrete_nelbo(
     num_steps: int,
     decoder: Decoder | None = None,
     generator: torch.Generator | None = None,
+    num_terms: int | None = None,
 ) -> LossTerms:
-    """Discrete NELBO with the exact sum over all ``T = num_steps`` KL terms (one ``z_t`` each)."""
+    """Discrete NELBO: the diffusion term ``sum_{i=1}^T L_{t_i}`` (one ``z_t`` per term).
+
+    ``num_terms=None`` (or ``T``) sums all ``T`` terms exactly. ``num_terms = K < T`` (``K``
+    dividing ``T``) is the unbiased stratified estimate ``(T / K) sum_k L_{t_{i_k}}`` with
+    ``i_k`` uniform in the ``k``-th block of ``T / K`` consecutive steps, drawn per example:
+    ``K`` network evaluations instead of ``T``.
+    """
+    terms = num_steps if num_terms is None else num_terms
+    if terms < 1 or num_steps % terms:
+        raise ValueError(f"num_terms must divide num_steps={num_steps}, got {num_terms}")
+    block = num_steps // terms
     diffusion = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for i in range(1, num_steps + 1):
-        t = torch.full((x.shape[0],), i / num_steps, dtype=x.dtype, device=x.device)
+    for k in range(terms):
+        offset = torch.randint(0, block, (x.shape[0],), generator=generator).to(x.device)
+        t = (k * block + 1 + offset).to(x.dtype) / num_steps
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        diffusion += discrete_diffusion_term(process, predictor, x, t - 1.0 / num_steps, t, noise)
+        diffusion += block * discrete_diffusion_term(
+            process, predictor, x, t - 1.0 / num_steps, t, noise
+        )
     rec = reconstruction_nll(process, x, decoder or GaussianDecoder())
     return LossTerms(process.prior_kl(x), diffusion, rec)
 
