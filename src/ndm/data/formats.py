@@ -1,0 +1,288 @@
+"""Readers of image datasets in the file formats they are distributed in.
+
+Nothing is downloaded: every reader takes a folder the user already has. Each returns a
+:class:`Split` of numpy arrays: images ``uint8 [N, C, H, W]`` (channel-major, 8-bit levels
+``0..255``) and labels ``int64 [N]``.
+
+* MNIST / Fashion-MNIST (:func:`read_mnist`): the four IDX files
+  ``{train,t10k}-{images-idx3,labels-idx1}-ubyte``, gzipped (``.gz``) or raw.
+* CIFAR-10 (:func:`read_cifar10`): the python pickle batches ``data_batch_1..5`` and
+  ``test_batch``. Unpickling runs code from the file: read only batches you trust.
+* Downsampled ImageNet (:func:`read_imagenet`): ``train_data_batch_<k>.npz`` and
+  ``val_data.npz``, labels stored 1-based and returned 0-based.
+* A folder of PNG/JPEG images (:func:`read_image_folder`), center-cropped and resized.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import pickle
+import re
+import struct
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{k}" for k in range(1, 6))
+CIFAR_TEST_BATCH = "test_batch"
+CIFAR_SUBFOLDER = "cifar-10-batches-py"
+CIFAR_SIDE = 32
+IMAGENET_TEST_FILE = "val_data.npz"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: Every ``FOLDER_TEST_EVERY``-th image of a folder (sorted positions 0, 10, 20, ...) is a test
+#: image.
+FOLDER_TEST_EVERY = 10
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_IDX_KINDS = {IDX_IMAGES_MAGIC: "uint8 images", IDX_LABELS_MAGIC: "uint8 labels"}
+
+
+class Split(NamedTuple):
+    """Train and test images ``uint8 [N, C, H, W]`` with their labels ``int64 [N]``."""
+
+    train: np.ndarray
+    train_labels: np.ndarray
+    test: np.ndarray
+    test_labels: np.ndarray
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The contents of ``path``, decompressed when they start with the gzip magic."""
+    raw = path.read_bytes()
+    if not raw.startswith(_GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as error:
+        raise ValueError(f"{path}: corrupt gzip data ({error})") from error
+
+
+def find_idx_file(directory: Path, name: str) -> Path:
+    """``directory/name`` or ``directory/name.gz``, whichever exists (the raw file first)."""
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{directory / name}: IDX file not found (nor {name}.gz)")
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """The uint8 array of an IDX file whose header must carry ``magic``.
+
+    An IDX file is a big-endian uint32 magic ``0x000008<ndim>`` (``0x08``: uint8 data), then
+    ``ndim`` big-endian uint32 dimensions, then ``prod(dims)`` bytes in C order. Returns the
+    array of shape ``dims``.
+    """
+    raw = _read_bytes(path)
+    kind = _IDX_KINDS[magic]
+    found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if found != magic:
+        got = "a file shorter than 4 bytes" if found is None else f"0x{found:08x}"
+        raise ValueError(f"{path}: expected IDX magic 0x{magic:08x} ({kind}), got {got}")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header, expected {ndim} dimensions")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = math.prod(dims)
+    if len(raw) - header != expected:
+        raise ValueError(
+            f"{path}: expected {expected} bytes of {kind} for shape {list(dims)}, "
+            f"found {len(raw) - header}"
+        )
+    return np.frombuffer(raw, np.uint8, count=expected, offset=header).reshape(dims).copy()
+
+
+def _read_mnist_part(directory: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, 1, H, W]`` and labels ``[N]`` of ``part`` (``train`` or ``t10k``)."""
+    images_path = find_idx_file(directory, f"{part}-images-idx3-ubyte")
+    labels_path = find_idx_file(directory, f"{part}-labels-idx1-ubyte")
+    images = read_idx(images_path, IDX_IMAGES_MAGIC)
+    labels = read_idx(labels_path, IDX_LABELS_MAGIC)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"{labels_path}: {labels.shape[0]} labels for the {images.shape[0]} images "
+            f"of {images_path}"
+        )
+    return images[:, None], labels.astype(np.int64)
+
+
+def read_mnist(directory: Path) -> Split:
+    """MNIST or Fashion-MNIST from the four IDX files in ``directory`` (gzipped or raw).
+
+    Returns 60000 train and 10000 test images ``[N, 1, 28, 28]`` for the full datasets.
+    """
+    return Split(*_read_mnist_part(directory, "train"), *_read_mnist_part(directory, "t10k"))
+
+
+def _unpickle(path: Path) -> dict:
+    """The dict pickled in ``path``, keys as bytes (python-2 strings are read as bytes)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CIFAR-10 batch not found")
+    try:
+        with path.open("rb") as file:
+            batch = pickle.load(file, encoding="bytes")
+    except Exception as error:
+        raise ValueError(f"{path}: not a CIFAR-10 python pickle batch ({error})") from error
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
+    return {key.encode() if isinstance(key, str) else key: value for key, value in batch.items()}
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``uint8 [N, 3, 32, 32]`` and labels ``int64 [N]`` of one CIFAR-10 batch.
+
+    The batch holds ``b"data"``: uint8 ``[N, 3072]``, each row the red, green and blue
+    32x32 planes in turn (row-major), so value ``c * 1024 + 32 i + j`` is pixel ``(c, i, j)``;
+    and ``b"labels"``: ``N`` integers ``0..9``.
+    """
+    batch = _unpickle(path)
+    for key in (b"data", b"labels"):
+        if key not in batch:
+            raise ValueError(f"CIFAR-10 batch {path} lacks key {key!r}")
+    data = np.asarray(batch[b"data"])
+    size = 3 * CIFAR_SIDE * CIFAR_SIDE
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != size:
+        raise ValueError(
+            f"CIFAR-10 batch {path}: expected b'data' uint8 [N, {size}], "
+            f"got {data.dtype} {list(data.shape)}"
+        )
+    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    if labels.shape != data.shape[:1]:
+        raise ValueError(
+            f"CIFAR-10 batch {path}: expected {data.shape[0]} labels, got {list(labels.shape)}"
+        )
+    return data.reshape(-1, 3, CIFAR_SIDE, CIFAR_SIDE), labels
+
+
+def read_cifar10(directory: Path) -> Split:
+    """CIFAR-10 from ``directory`` (the ``cifar-10-batches-py`` folder or its parent).
+
+    Train: ``data_batch_1..5`` concatenated (50000 images); test: ``test_batch`` (10000).
+    """
+    if (directory / CIFAR_SUBFOLDER).is_dir():
+        directory = directory / CIFAR_SUBFOLDER
+    train = [read_cifar_batch(directory / name) for name in CIFAR_TRAIN_BATCHES]
+    test, test_labels = read_cifar_batch(directory / CIFAR_TEST_BATCH)
+    return Split(
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        test,
+        test_labels,
+    )
+
+
+def read_imagenet_npz(path: Path, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``uint8 [N, 3, side, side]`` and 0-based labels ``int64 [N]`` of one npz batch.
+
+    The batch holds ``data``: uint8 ``[N, 3 S S]`` (channel-major planes, like CIFAR-10),
+    with ``S`` inferred from the row length and required to equal ``side``, and ``labels``:
+    ``N`` classes ``1..1000``, returned minus one.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ImageNet npz batch not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an npz archive")
+            missing = [key for key in ("data", "labels") if key not in npz.files]
+            if missing:
+                raise ValueError(f"lacks array {missing[0]!r}, has {npz.files}")
+            data, labels = npz["data"], npz["labels"].astype(np.int64)
+    except Exception as error:
+        raise ValueError(f"ImageNet npz {path}: {error}") from error
+    values = data.shape[1] if data.ndim == 2 else 0
+    found = math.isqrt(values // 3)
+    if data.dtype != np.uint8 or values == 0 or 3 * found * found != values:
+        raise ValueError(
+            f"ImageNet npz {path}: expected data uint8 [N, 3 S S], "
+            f"got {data.dtype} {list(data.shape)}"
+        )
+    if found != side:
+        raise ValueError(
+            f"ImageNet npz {path} has {values} values per image, which is {found}x{found}, "
+            f"but resolution {side} was requested"
+        )
+    if labels.shape != data.shape[:1] or (labels.size and labels.min() < 1):
+        raise ValueError(f"ImageNet npz {path}: expected {data.shape[0]} labels in 1..1000")
+    return data.reshape(-1, 3, side, side), labels - 1
+
+
+def _imagenet_train_files(directory: Path) -> list[Path]:
+    """Every ``train_data_batch_<k>.npz`` in ``directory``, in increasing ``k``."""
+    pattern = re.compile(r"train_data_batch_(\d+)\.npz")
+    found = {}
+    for path in directory.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    if not found:
+        raise FileNotFoundError(f"{directory / 'train_data_batch_1.npz'}: no ImageNet train batch")
+    return [found[k] for k in sorted(found)]
+
+
+def read_imagenet(directory: Path, side: int) -> Split:
+    """Downsampled ImageNet ``side x side`` from the npz batches in ``directory``.
+
+    Train: every ``train_data_batch_<k>.npz`` present (``k = 1..10`` for the full set),
+    concatenated in increasing ``k``; test: ``val_data.npz``.
+    """
+    train = [read_imagenet_npz(path, side) for path in _imagenet_train_files(directory)]
+    test, test_labels = read_imagenet_npz(directory / IMAGENET_TEST_FILE, side)
+    return Split(
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        test,
+        test_labels,
+    )
+
+
+def image_files(directory: Path) -> list[Path]:
+    """PNG/JPEG files under ``directory`` (any depth), sorted by their relative path."""
+    files = [
+        path
+        for path in directory.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    ]
+    return sorted(files, key=lambda path: path.relative_to(directory).as_posix())
+
+
+def read_image(path: Path, resolution: int) -> np.ndarray:
+    """One image as RGB ``uint8 [3, resolution, resolution]``.
+
+    The central square (side: the image's shorter side) is resized to ``resolution``
+    with Pillow's Lanczos filter: the same as resizing the shorter side to ``resolution``
+    and center-cropping the longer one.
+    """
+    size = (resolution, resolution)
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", size)
+            rgb = ImageOps.fit(image.convert("RGB"), size, Image.Resampling.LANCZOS)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path}: not a readable PNG/JPEG image ({error})") from error
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def read_image_folder(directory: Path, resolution: int) -> Split:
+    """The PNG/JPEG images under ``directory`` as ``uint8 [N, 3, resolution, resolution]``.
+
+    Files are sorted by relative path; those at positions ``0, 10, 20, ...`` (every
+    :data:`FOLDER_TEST_EVERY`-th, from the first) form the test split, the rest the train
+    split. An image's label is the index of its parent folder among the sorted distinct
+    parent folders (all 0 for a flat folder).
+    """
+    files = image_files(directory)
+    if len(files) < 2:
+        raise FileNotFoundError(
+            f"{directory}: no PNG/JPEG images in folder (found {len(files)}, need at least 2)"
+        )
+    images = np.stack([read_image(path, resolution) for path in files])
+    parents = {parent: k for k, parent in enumerate(sorted({path.parent for path in files}))}
+    labels = np.array([parents[path.parent] for path in files], dtype=np.int64)
+    test = np.arange(len(files)) % FOLDER_TEST_EVERY == 0
+    return Split(images[~test], labels[~test], images[test], labels[test])
