@@ -4,9 +4,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup clean
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-setup: $(VENV)/.installed
+.PHONY: demo test setup clean datasets
+
+setup: $(VENV)/.installed datasets
+
+# Fashion-MNIST for the image benchmark, from Debian's package (skipped where apt is absent).
+datasets:
+	@test -d $(FASHION_MNIST) || ! command -v apt-get >/dev/null || \
+		apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
+		echo "note: could not install dataset-fashion-mnist; the image benchmark needs it"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

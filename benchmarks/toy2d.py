@@ -21,22 +21,22 @@ from pathlib import Path
 import torch
 
 from ndm.config import RunConfig
-from ndm.data.toy2d import entropy, toy2d_splits
+from ndm.data.loading import Splits
 from ndm.evaluation import evaluate
-from ndm.training import train
+from ndm.training import load_data, train
 
 
-def run(cfg: RunConfig, run_dir: Path, test: torch.Tensor, n_samples: int) -> dict:
+def run(cfg: RunConfig, run_dir: Path, splits: Splits, n_samples: int) -> dict:
     """Train one model, then evaluate likelihoods and the ODE sampler's NFE."""
     began = time.perf_counter()
     model = train(cfg, run_dir)
     wall = time.perf_counter() - began
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     step_time = statistics.median(line["seconds_per_step"] for line in lines)
-    metrics = evaluate(model, test, cfg.eval, entropy(cfg.data.dataset))
+    metrics = evaluate(model, splits, cfg.eval)
     generator = torch.Generator().manual_seed(1)
     sample = model.sample(
-        (n_samples, test.shape[1]), "ode", steps=1, generator=generator, rtol=1e-5, atol=1e-5
+        (n_samples, *splits.shape), "ode", steps=1, generator=generator, rtol=1e-5, atol=1e-5
     )
     return metrics | {"ode_nfe": sample.nfe, "step_seconds": step_time, "train_wall": wall}
 
@@ -63,13 +63,13 @@ def main() -> None:
         train=replace(base.train, steps=args.steps, checkpoint_every=args.steps),
         eval=replace(base.eval, n_eval=args.n_eval),
     )
-    _, test = toy2d_splits(args.dataset, base.data.n_train, base.data.n_test, base.data.seed)
+    splits = load_data(base.data)
     rows = {}
     for label, transform in (("NDM (learned F)", "learned"), ("DDPM (F = x)", "identity")):
         cfg = replace(base, model=replace(base.model, transform=transform))
-        rows[label] = run(cfg, args.runs_dir / transform, test, args.n_samples)
+        rows[label] = run(cfg, args.runs_dir / transform, splits, args.n_samples)
 
-    limit = entropy(args.dataset)
+    limit = splits.entropy
     m = base.model
     lines = [
         f"# {args.dataset}: NDM vs DDPM, {args.steps} steps each",

@@ -125,11 +125,11 @@ def test_simple_objective_with_learned_transform_is_refused():
 
 
 def test_learned_transform_starts_at_identity():
-    model = build_model(ModelConfig(hidden=16, depth=2), dim=3)
+    model = build_model(ModelConfig(hidden=16, depth=2), shape=(3,))
     x, t = torch.randn(5, 3), torch.rand(5)
     assert torch.equal(model.process.transform.value(x, t), x)
     assert model.process.transform.is_learned
-    baseline = build_model(ModelConfig(hidden=16, depth=2, transform="identity"), dim=3)
+    baseline = build_model(ModelConfig(hidden=16, depth=2, transform="identity"), shape=(3,))
     assert not baseline.process.transform.is_learned
     assert baseline.objective == model.objective and baseline.time_sampling == model.time_sampling
 
@@ -138,7 +138,7 @@ def test_learned_transform_starts_at_identity():
 
 
 def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
-    model = build_model(ModelConfig(hidden=16, depth=1), dim=2)
+    model = build_model(ModelConfig(hidden=16, depth=1), shape=(2,))
     state = {"config": config_to_dict(tiny()), "step": 4, "model": model.state_dict()}
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, state)

@@ -25,8 +25,10 @@ from ndm.config import (
     add_config_arguments,
     config_from_args,
 )
-from ndm.data.toy2d import entropy
-from ndm.evaluation import evaluate
+from ndm.data.loading import Splits, model_input
+from ndm.distributed import init_distributed
+from ndm.evaluation import evaluate, fid_features, sample_images, sample_quality
+from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predictions_from_noise
 from ndm.model import NDM
 from ndm.plots import plot_samples, plot_trajectories, plot_transform
 from ndm.samplers import ODE_METHODS, SAMPLERS
@@ -34,6 +36,7 @@ from ndm.training import load_data, load_run, load_run_config, train
 
 TRAJECTORY_STEPS = 50
 TRANSFORM_POINTS = 2000
+TRANSFORM_IMAGES = 6
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,31 +72,68 @@ def _summary(metrics: dict) -> str:
         lines.append(
             f"data entropy {metrics['entropy']:.4f} nats ({metrics['entropy_bpd']:.4f} bits/dim)"
         )
+    if "fid" in metrics:
+        accuracy = metrics.get("classifier_test_accuracy")
+        features = metrics["fid_features"] + (
+            "" if accuracy is None else f", test accuracy {accuracy:.3f}"
+        )
+        lines.append(
+            f"FID {metrics['fid']:.3f} ({metrics['fid_samples']} samples, {metrics['fid_sampler']} "
+            f"{metrics['fid_steps']} steps; features: {features})"
+        )
     return "\n".join(lines)
 
 
 def _report(model: NDM, cfg: RunConfig, run_dir: Path) -> dict:
     """Write the figures and ``metrics.json`` of a trained run; return the metrics."""
-    test_x = load_data(cfg.data)[1]
-    dim = test_x.shape[1]
-    generator = torch.Generator(cfg.train.device).manual_seed(cfg.train.seed)
-    print(f"sampling {cfg.eval.n_samples} points along the ODE", file=sys.stderr)
-    result = model.sample(
-        (cfg.eval.n_samples, dim),
-        sampler="ode",
-        steps=TRAJECTORY_STEPS,
-        generator=generator,
-        method="dopri5",
-        rtol=cfg.eval.rtol,
-        atol=cfg.eval.atol,
-        trajectory=True,
-    )
-    plot_samples(result.sample, test_x[: cfg.eval.n_samples], run_dir / "samples.png")
-    plot_transform(model, test_x[:TRANSFORM_POINTS], run_dir / "transform.png")
-    plot_trajectories(result.trajectory, run_dir / "trajectories.png")
-    print(f"evaluating NLL and NELBO on {cfg.eval.n_eval} test points", file=sys.stderr)
-    metrics = evaluate(model, test_x, cfg.eval, entropy(cfg.data.dataset))
+    splits = load_data(cfg.data)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.train.seed)
+    print(f"sampling {cfg.eval.n_samples} examples along the ODE", file=sys.stderr)
+    if splits.is_image:
+        samples, _ = sample_images(
+            model,
+            splits,
+            cfg.eval.n_samples,
+            "ode",
+            1,
+            generator,
+            rtol=cfg.eval.rtol,
+            atol=cfg.eval.atol,
+        )
+        test = model_input(splits.test, splits, None, augment=False)
+        plot_image_samples(samples, test, run_dir / "samples.png")
+        plot_image_transform(model, test[:TRANSFORM_IMAGES], run_dir / "transform.png")
+        plot_predictions_from_noise(
+            {cfg.model.transform: model}, splits.shape, run_dir / "predictions.png"
+        )
+    else:
+        result = model.sample(
+            (cfg.eval.n_samples, *splits.shape),
+            sampler="ode",
+            steps=TRAJECTORY_STEPS,
+            generator=generator,
+            method="dopri5",
+            rtol=cfg.eval.rtol,
+            atol=cfg.eval.atol,
+            trajectory=True,
+        )
+        plot_samples(result.sample, splits.test[: cfg.eval.n_samples], run_dir / "samples.png")
+        plot_transform(model, splits.test[:TRANSFORM_POINTS], run_dir / "transform.png")
+        plot_trajectories(result.trajectory, run_dir / "trajectories.png")
+    metrics = _metrics(model, cfg, splits)
     save_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def _metrics(model: NDM, cfg: RunConfig, splits: Splits) -> dict:
+    """Likelihoods on the test split, and FID when asked for on images."""
+    print(f"evaluating NLL and NELBO on {cfg.eval.n_eval} test examples", file=sys.stderr)
+    metrics = evaluate(model, splits, cfg.eval)
+    if splits.is_image and cfg.eval.fid_samples:
+        print(f"FID on {cfg.eval.fid_samples} samples", file=sys.stderr)
+        features, info = fid_features(splits, cfg.eval, cfg.train.seed)
+        steps = cfg.eval.fid_steps or cfg.model.num_steps
+        metrics |= info | sample_quality(model, splits, cfg.eval, features, steps)
     return metrics
 
 
@@ -105,6 +145,8 @@ def _train(args: argparse.Namespace) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = args.run_dir or Path("runs") / f"{cfg.data.dataset}-{cfg.model.transform}-{stamp}"
     model = train(cfg, run_dir, resume=args.resume)
+    if not init_distributed(cfg.train.device).is_main:
+        return
     metrics = _report(model, cfg, run_dir)
     print(f"trained {cfg.train.steps} steps in {run_dir}")
     print(_summary(metrics))
@@ -115,37 +157,50 @@ def _sample(args: argparse.Namespace) -> None:
     if out.suffix != ".png":
         raise ValueError(f"--out must name a .png file, got {out}")
     cfg, model = load_run(args.run)
-    test_x = load_data(cfg.data)[1]
+    splits = load_data(cfg.data)
     options = {
         "ode": {"method": args.method, "rtol": args.rtol, "atol": args.atol},
         "ddim": {"eta": args.eta},
     }.get(args.sampler, {})
     generator = torch.Generator().manual_seed(args.seed)
-    result = model.sample(
-        (args.n, test_x.shape[1]),
-        sampler=args.sampler,
-        steps=args.steps,
-        generator=generator,
-        **options,
-    )
-    plot_samples(result.sample, test_x[: args.n], out)
+    if splits.is_image:
+        samples, nfe = sample_images(
+            model, splits, args.n, args.sampler, args.steps, generator, **options
+        )
+        test = model_input(splits.test[: args.n], splits, None, augment=False)
+        plot_image_samples(samples, test, out)
+    else:
+        result = model.sample(
+            (args.n, *splits.shape),
+            sampler=args.sampler,
+            steps=args.steps,
+            generator=generator,
+            **options,
+        )
+        samples, nfe = result.sample, result.nfe
+        plot_samples(samples, splits.test[: args.n], out)
     tensor_path = out.with_suffix(".pt")
-    atomic_write(tensor_path, lambda file: torch.save(result.sample, file))
-    print(f"{args.n} samples, sampler {args.sampler}, {args.steps} steps: NFE {result.nfe}")
+    atomic_write(tensor_path, lambda file: torch.save(samples, file))
+    print(f"{args.n} samples, sampler {args.sampler}, {args.steps} steps: NFE {nfe}")
     print(f"wrote {out} and {tensor_path}")
 
 
 def _eval(args: argparse.Namespace) -> None:
     cfg, model = load_run(args.run)
-    eval_cfg = cfg.eval if args.n_eval is None else replace(cfg.eval, n_eval=args.n_eval)
-    metrics = evaluate(model, load_data(cfg.data)[1], eval_cfg, entropy(cfg.data.dataset))
+    changes = {
+        key: getattr(args, key)
+        for key in ("n_eval", "fid_samples", "fid_sampler", "fid_steps", "fid_weights")
+        if getattr(args, key) is not None
+    }
+    cfg = replace(cfg, eval=replace(cfg.eval, **changes))
+    metrics = _metrics(model, cfg, load_data(cfg.data))
     save_json(Path(args.run) / "metrics.json", metrics)
     print(_summary(metrics))
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ndm`` argument parser with its three sub-commands."""
-    parser = _Parser(prog="ndm", description="Neural Diffusion Models on 2-D data")
+    parser = _Parser(prog="ndm", description="Neural Diffusion Models")
     commands = parser.add_subparsers(dest="command", required=True)
     positive_int, positive_float = _checked(int, POSITIVE), _checked(float, POSITIVE)
 
@@ -175,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     eval_p = commands.add_parser("eval", help="test-set NLL and NELBO of a trained run")
     eval_p.add_argument("run", type=Path, help="run folder")
     eval_p.add_argument("--n-eval", type=positive_int, help="test points (default: the run's)")
+    eval_p.add_argument(
+        "--fid-samples", type=_checked(int, NON_NEGATIVE), help="samples for FID (images)"
+    )
+    eval_p.add_argument("--fid-sampler", choices=sorted(SAMPLERS), help="sampler for FID")
+    eval_p.add_argument("--fid-steps", type=positive_int, help="sampler steps for FID")
+    eval_p.add_argument("--fid-weights", help="Inception-v3 FID weights file (else classifier)")
     eval_p.set_defaults(handler=_eval)
     return parser
 
@@ -190,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         args.handler(args)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     except (ValueError, OSError, FloatingPointError) as error:
         print(f"ndm {args.command}: error: {error}", file=sys.stderr)
         return 1
@@ -197,3 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ndm {args.command}: interrupted (the last checkpoint is kept)", file=sys.stderr)
         return 130
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,13 +16,18 @@ from typing import Any, get_type_hints
 
 import torch
 
-from ndm.data.toy2d import DATASETS
+from ndm.data.loading import ALL_DATASETS, is_image_dataset
+from ndm.likelihood import DIVERGENCES
 from ndm.model import OBJECTIVES
+from ndm.nets.unet import UNET_PRESETS
 from ndm.predictors import PARAMETERISATIONS
+from ndm.samplers import SAMPLERS
 from ndm.schedules import SCHEDULES
 from ndm.timesampling import TIME_SAMPLINGS
 
-TRANSFORMS = ("learned", "identity")
+TRANSFORMS = ("learned", "identity", "blur")
+ARCHITECTURES = ("auto", "mlp", *UNET_PRESETS)
+PRECISIONS = ("fp32", "bf16")
 
 Check = tuple[str, Callable[[Any], bool]]
 POSITIVE: Check = ("positive", lambda v: v > 0)
@@ -59,11 +64,13 @@ class _Section:
 
 @dataclass(frozen=True)
 class DataConfig(_Section):
-    """Toy 2-D dataset and the sizes of its train and test splits."""
+    """The dataset: toy 2-D data drawn from seeds, or images read from ``path``."""
 
-    dataset: str = _option("checkerboard", "toy 2-D dataset", DATASETS)
-    n_train: int = _option(100_000, "training set size", check=POSITIVE)
-    n_test: int = _option(10_000, "test set size", check=POSITIVE)
+    dataset: str = _option("checkerboard", "toy 2-D or image dataset", ALL_DATASETS)
+    path: str = _option("", "folder or file of an image dataset (never downloaded)")
+    resolution: int = _option(0, "image side after resizing (0: native)", check=NON_NEGATIVE)
+    n_train: int = _option(100_000, "training set size (toy data)", check=POSITIVE)
+    n_test: int = _option(10_000, "test set size (toy data)", check=POSITIVE)
     seed: int = _option(0, "seed of the data splits", check=NON_NEGATIVE)
 
 
@@ -72,10 +79,15 @@ class ModelConfig(_Section):
     """Forward process, networks and training objective."""
 
     transform: str = _option("learned", "data transform F_phi(x, t)", TRANSFORMS)
+    architecture: str = _option(
+        "auto",
+        "network of x_theta and F_phi (auto: MLP for points, CPU U-Net for images)",
+        ARCHITECTURES,
+    )
     schedule: str = _option("linear", "noise schedule", SCHEDULES)
     parameterisation: str = _option("eps", "predictor output", PARAMETERISATIONS)
-    hidden: int = _option(256, "hidden width of both networks", check=POSITIVE)
-    depth: int = _option(3, "residual blocks of both networks", check=POSITIVE)
+    hidden: int = _option(256, "hidden width of both MLPs", check=POSITIVE)
+    depth: int = _option(3, "residual blocks of both MLPs", check=POSITIVE)
     objective: str = _option("continuous", "training objective", OBJECTIVES)
     num_steps: int = _option(1000, "steps T of the discrete objective", check=POSITIVE)
     time_sampling: str = _option("gamma", "p(t) of the continuous objective", TIME_SAMPLINGS)
@@ -95,6 +107,8 @@ class ModelConfig(_Section):
 
 
 def _is_device(name: str) -> bool:
+    if name == "auto":
+        return True
     try:
         torch.device(name)
     except RuntimeError:
@@ -107,7 +121,8 @@ class TrainConfig(_Section):
     """Optimisation, seeds and the cadence of logs and checkpoints."""
 
     steps: int = _option(2_000, "total optimisation steps", check=POSITIVE)
-    batch_size: int = _option(512, "minibatch size", check=POSITIVE)
+    batch_size: int = _option(512, "global minibatch size (all processes)", check=POSITIVE)
+    grad_accum: int = _option(1, "micro-batches accumulated per step", check=POSITIVE)
     lr: float = _option(2e-3, "AdamW learning rate", check=POSITIVE)
     weight_decay: float = _option(0.0, "AdamW weight decay", check=NON_NEGATIVE)
     warmup_steps: int = _option(500, "steps of linear learning-rate warmup", check=NON_NEGATIVE)
@@ -116,7 +131,10 @@ class TrainConfig(_Section):
     seed: int = _option(0, "seed of initialisation, minibatches and noise", check=NON_NEGATIVE)
     checkpoint_every: int = _option(1000, "steps between checkpoints", check=POSITIVE)
     log_every: int = _option(100, "steps between metric lines", check=POSITIVE)
-    device: str = _option("cpu", "torch device", check=("a torch device name", _is_device))
+    device: str = _option(
+        "auto", "torch device (auto: GPU if any)", check=("a torch device name", _is_device)
+    )
+    precision: str = _option("fp32", "bf16: autocast the networks on a GPU", PRECISIONS)
 
 
 @dataclass(frozen=True)
@@ -124,10 +142,28 @@ class EvalConfig(_Section):
     """Test-set likelihood evaluation and the samples drawn after training."""
 
     n_eval: int = _option(500, "test points evaluated", check=POSITIVE)
+    divergence: str = _option(
+        "auto",
+        "ODE NLL divergence (auto: exact for points, Hutchinson for images)",
+        ("auto", *DIVERGENCES),
+    )
+    probes: int = _option(1, "Hutchinson probes per example", check=POSITIVE)
+    nelbo_terms: int = _option(
+        0, "discrete NELBO: terms summed (0: all T; else a stratified estimate)", check=NON_NEGATIVE
+    )
     rtol: float = _option(1e-5, "relative tolerance of the ODE solver", check=POSITIVE)
     atol: float = _option(1e-5, "absolute tolerance of the ODE solver", check=POSITIVE)
     nelbo_time_samples: int = _option(64, "time samples per point of the NELBO", check=POSITIVE)
     n_samples: int = _option(2000, "samples drawn for the plots", check=POSITIVE)
+    fid_samples: int = _option(0, "samples for FID on images (0: no FID)", check=NON_NEGATIVE)
+    fid_sampler: str = _option("ddpm", "sampler of the FID samples", tuple(SAMPLERS))
+    fid_steps: int = _option(
+        0, "sampler steps of the FID samples (0: the model's T)", check=NON_NEGATIVE
+    )
+    fid_weights: str = _option("", "Inception-v3 FID weights file (else classifier features)")
+    classifier_steps: int = _option(
+        1000, "training steps of the FID feature classifier", check=POSITIVE
+    )
 
 
 @dataclass(frozen=True)
@@ -138,6 +174,21 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        image = is_image_dataset(self.data.dataset)
+        if image and self.model.architecture == "mlp":
+            raise ValueError(
+                f"architecture 'mlp' is for toy 2-D data; dataset {self.data.dataset!r} "
+                "holds images: use a U-Net preset or 'auto'"
+            )
+        if not image and self.model.architecture not in ("auto", "mlp"):
+            raise ValueError(
+                f"architecture {self.model.architecture!r} is a U-Net for images; dataset "
+                f"{self.data.dataset!r} holds 2-D points: use 'mlp' or 'auto'"
+            )
+        if not image and self.model.transform == "blur":
+            raise ValueError("transform 'blur' blurs images; it needs an image dataset")
 
 
 def _sections() -> dict[str, type]:

@@ -1,17 +1,28 @@
-"""Test-set likelihood metrics: ODE NLL and NELBO, in nats per example and bits/dim."""
+"""Test-set metrics: ODE NLL and NELBO (nats per example and bits/dim), and FID for images.
+
+Toy points are evaluated as they are. Images (``L`` levels) get the NELBO of the discrete
+data at the bin centres with the categorical decoder, and the ODE NLL of uniformly
+dequantised data plus ``log2(L / 2)`` bits/dim (:func:`ndm.likelihood.dequantisation_offset`):
+both bound ``-log2 P(levels)`` per dimension.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ndm.config import EvalConfig
-from ndm.likelihood import bits_per_dim
+from ndm.data.images import dequantise
+from ndm.data.loading import Splits, model_input
+from ndm.likelihood import bits_per_dim, dequantisation_offset
 from ndm.model import NDM
+from ndm.nets.classifier import accuracy, train_classifier
 
 BATCH = 500
+IMAGE_BATCH = 100
+TERMS = ("prior", "diffusion", "reconstruction")
 
 
 def _mean_and_stderr(values: Tensor) -> tuple[float, float]:
@@ -20,46 +31,134 @@ def _mean_and_stderr(values: Tensor) -> tuple[float, float]:
     return float(values.mean()), stderr
 
 
-def evaluate(model: NDM, test_x: Tensor, cfg: EvalConfig, entropy: float | None) -> dict:
-    """Metrics on the first ``cfg.n_eval`` test points, evaluated in batches of 500.
+def evaluate(model: NDM, splits: Splits, cfg: EvalConfig) -> dict:
+    """Likelihood metrics on the first ``cfg.n_eval`` test examples.
 
     Keys (nats per example unless ``_bpd``): ``nll`` and ``nll_stderr`` (probability-flow
-    ODE, exact divergence, dopri5 at ``cfg.rtol``/``cfg.atol``), ``nll_nfe`` (network
-    evaluations per batch, averaged), ``nelbo``, ``nelbo_stderr`` and its ``nelbo_prior``,
-    ``nelbo_diffusion``, ``nelbo_reconstruction`` terms, the ``_bpd`` versions of NLL and
-    NELBO, and ``entropy`` / ``entropy_bpd`` of the data when known (else ``None``).
+    ODE, dopri5 at ``cfg.rtol``/``cfg.atol``, exact divergence for points and Hutchinson
+    with ``cfg.probes`` probes for images unless ``cfg.divergence`` says otherwise),
+    ``nll_nfe`` (network evaluations per batch, averaged), ``nelbo``, ``nelbo_stderr`` and
+    its ``nelbo_prior``, ``nelbo_diffusion``, ``nelbo_reconstruction`` terms, the ``_bpd``
+    version of each, and ``entropy`` / ``entropy_bpd`` of the data when known (else ``None``).
     """
     param = next(model.parameters())
-    x = test_x[: cfg.n_eval].to(device=param.device, dtype=param.dtype)
-    dims = x[0].numel()
-    nll, nfes, terms = [], [], {"prior": [], "diffusion": [], "reconstruction": [], "total": []}
+    test = splits.test[: cfg.n_eval].to(param.device)
+    dims = math.prod(splits.shape)
     generator = torch.Generator(param.device).manual_seed(0)
-    for batch in x.split(BATCH):
-        batch_nll, nfe = model.nll(batch, divergence="exact", rtol=cfg.rtol, atol=cfg.atol)
+    divergence = cfg.divergence
+    if divergence == "auto":
+        divergence = "hutchinson" if splits.is_image else "exact"
+    offset = dequantisation_offset(splits.num_levels) if splits.is_image else 0.0
+    nll, nfes = [], []
+    terms: dict[str, list[Tensor]] = {k: [] for k in (*TERMS, "total")}
+    for batch in test.split(IMAGE_BATCH if splits.is_image else BATCH):
+        x = model_input(batch, splits, None, augment=False).to(param.dtype)
+        x_nll = dequantise(batch, splits.num_levels, generator) if splits.is_image else x
+        batch_nll, nfe = model.nll(
+            x_nll.to(param.device, param.dtype),
+            divergence=divergence,
+            rtol=cfg.rtol,
+            atol=cfg.atol,
+            num_probes=cfg.probes,
+            generator=generator,
+        )
         nll.append(batch_nll.detach())
         nfes.append(nfe)
-        nelbo = model.nelbo(batch, cfg.nelbo_time_samples, generator)
+        nelbo = model.nelbo(x, cfg.nelbo_time_samples, generator, cfg.nelbo_terms or None)
         for key, value in nelbo.as_dict().items():
             terms[key].append(value.detach())
 
-    def bpd(nats: float) -> float:
-        return float(bits_per_dim(torch.tensor(nats), dims))
+    def bpd(nats: float, shift: float = 0.0) -> float:
+        return float(bits_per_dim(torch.tensor(nats), dims, shift))
 
     nll_mean, nll_stderr = _mean_and_stderr(torch.cat(nll))
     nelbo_mean, nelbo_stderr = _mean_and_stderr(torch.cat(terms.pop("total")))
     metrics = {
-        "n_eval": x.shape[0],
+        "n_eval": test.shape[0],
         "nll": nll_mean,
         "nll_stderr": nll_stderr,
-        "nll_bpd": bpd(nll_mean),
+        "nll_bpd": bpd(nll_mean, offset),
         "nll_bpd_stderr": bpd(nll_stderr),
         "nll_nfe": sum(nfes) / len(nfes),
+        "nll_divergence": divergence,
         "nelbo": nelbo_mean,
         "nelbo_stderr": nelbo_stderr,
         "nelbo_bpd": bpd(nelbo_mean),
         "nelbo_bpd_stderr": bpd(nelbo_stderr),
     }
-    metrics |= {f"nelbo_{key}": float(torch.cat(value).mean()) for key, value in terms.items()}
-    metrics["entropy"] = entropy
-    metrics["entropy_bpd"] = None if entropy is None else bpd(entropy)
+    for key, values in terms.items():
+        mean = float(torch.cat(values).mean())
+        metrics[f"nelbo_{key}"] = mean
+        metrics[f"nelbo_{key}_bpd"] = bpd(mean)
+    metrics["entropy"] = splits.entropy
+    metrics["entropy_bpd"] = None if splits.entropy is None else bpd(splits.entropy)
     return metrics
+
+
+def fid_features(splits: Splits, cfg: EvalConfig, seed: int = 0) -> tuple[nn.Module, dict]:
+    """The FID feature network and what describes it: Inception-v3 from ``cfg.fid_weights``
+    when given, else a small classifier trained for ``cfg.classifier_steps`` steps on the
+    training images (its test accuracy is returned beside it; same seed, same network)."""
+    from ndm.fid import ClassifierFeatures, inception_features  # torchmetrics: slow import
+
+    if cfg.fid_weights:
+        return inception_features(cfg.fid_weights), {"fid_features": "inception-v3"}
+    if splits.train_labels is None:
+        raise ValueError("classifier FID features need labelled training images")
+    train_x = model_input(splits.train, splits, None, augment=False)
+    classifier = train_classifier(train_x, splits.train_labels, cfg.classifier_steps, seed=seed)
+    test_x = model_input(splits.test, splits, None, augment=False)
+    info = {
+        "fid_features": "classifier",
+        "classifier_test_accuracy": accuracy(classifier, test_x, splits.test_labels),
+    }
+    return ClassifierFeatures(classifier), info
+
+
+def quantise(x: Tensor, num_levels: int) -> Tensor:
+    """Model-space samples ``[B, C, H, W]`` to the bin centre of their level in ``[-1, 1]``."""
+    levels = torch.floor((x.clamp(-1, 1) + 1) * num_levels / 2).clamp(0, num_levels - 1)
+    return (2 * levels + 1) / num_levels - 1
+
+
+@torch.no_grad()
+def sample_images(
+    model: NDM,
+    splits: Splits,
+    n: int,
+    sampler: str,
+    steps: int,
+    generator: torch.Generator,
+    **options: object,
+) -> tuple[Tensor, float]:
+    """``n`` samples quantised to the data's levels, ``[n, C, H, W]`` in ``[-1, 1]``, drawn in
+    batches of ``IMAGE_BATCH``; and the sampler's network evaluations per batch."""
+    samples, nfes = [], []
+    for start in range(0, n, IMAGE_BATCH):
+        size = min(IMAGE_BATCH, n - start)
+        result = model.sample((size, *splits.shape), sampler, steps, generator, **options)
+        samples.append(quantise(result.sample, splits.num_levels).cpu())
+        nfes.append(result.nfe)
+    return torch.cat(samples), sum(nfes) / len(nfes)
+
+
+def sample_quality(
+    model: NDM, splits: Splits, cfg: EvalConfig, features: nn.Module, steps: int
+) -> dict:
+    """FID between ``cfg.fid_samples`` samples (``cfg.fid_sampler`` on ``steps`` steps) and
+    as many test images, with the given feature network."""
+    from ndm.fid import frechet_distance  # torchmetrics: slow import
+
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(1)
+    options = {"rtol": cfg.rtol, "atol": cfg.atol} if cfg.fid_sampler == "ode" else {}
+    fake, nfe = sample_images(
+        model, splits, cfg.fid_samples, cfg.fid_sampler, steps, generator, **options
+    )
+    real = model_input(splits.test[: cfg.fid_samples], splits, None, augment=False)
+    return {
+        "fid": frechet_distance(real, fake, features),
+        "fid_samples": cfg.fid_samples,
+        "fid_sampler": cfg.fid_sampler,
+        "fid_steps": steps,
+        "fid_nfe": nfe,
+    }

@@ -144,7 +144,7 @@ def discrete_nelbo(
         diffusion += block * discrete_diffusion_term(
             process, predictor, x, t - 1.0 / num_steps, t, noise
         )
-    rec = reconstruction_nll(process, x, decoder or GaussianDecoder())
+    rec = reconstruction_nll(process, x, decoder or GaussianDecoder(), generator)
     return LossTerms(process.prior_kl(x), diffusion, rec)
 
 

@@ -57,6 +57,14 @@ class NDM(nn.Module):
         self.objective, self.num_steps, self.time_sampling = objective, num_steps, time_sampling
         self.decoder = decoder or GaussianDecoder()
 
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Training losses per example ``[B]``: ``loss``, and for the NELBO objectives its
+        ``prior``, ``diffusion`` and ``reconstruction`` terms (what DDP wraps)."""
+        if self.objective == "simple":
+            return {"loss": simple_noise_loss(self.process, self.predictor, x, generator)}
+        terms = self.loss_terms(x, generator)
+        return {"loss": terms.total} | {k: v for k, v in terms.as_dict().items() if k != "total"}
+
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Per-example training loss ``[B]``: the NELBO estimate, or the simple noise loss."""
         if self.objective == "simple":
@@ -98,12 +106,20 @@ class NDM(nn.Module):
         x: Tensor,
         num_time_samples: int = 64,
         generator: torch.Generator | None = None,
+        num_terms: int | None = None,
     ) -> LossTerms:
-        """NELBO terms: exact sum over all steps (discrete) or Monte Carlo over time
-        with ``num_time_samples`` draws (continuous and simple objectives)."""
+        """NELBO terms: the sum over all steps (discrete; or its stratified estimate from
+        ``num_terms`` of them) or Monte Carlo over time with ``num_time_samples`` draws
+        (continuous and simple objectives)."""
         if self.objective == "discrete":
             return discrete_nelbo(
-                self.process, self.predictor, x, self.num_steps, self.decoder, generator
+                self.process,
+                self.predictor,
+                x,
+                self.num_steps,
+                self.decoder,
+                generator,
+                num_terms,
             )
         return continuous_nelbo(
             self.process,

@@ -49,14 +49,17 @@ class LossTerms:
 
 
 def reconstruction_nll(
-    process: NeuralDiffusion, x: Tensor, decoder: Decoder, noise: Tensor | None = None
+    process: NeuralDiffusion,
+    x: Tensor,
+    decoder: Decoder,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """``-log p(x | z_0)`` with ``z_0 ~ q(z_0 | x) = N(alpha_0 x, sigma_0^2 I)``, ``[B]``.
 
     ``F(x, 0) = x`` holds by construction, so the transform is not evaluated.
     """
     zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    noise = torch.randn_like(x) if noise is None else noise
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     sched = process.schedule(zero)
     z0 = _per_example(sched.alpha, x) * x + _per_example(sched.sigma, x) * noise
     return decoder.nll(x, z0, sched.alpha, sched.sigma)
@@ -92,7 +95,9 @@ def discrete_nelbo_terms(
         process, predictor, x, t - 1.0 / num_steps, t, noise
     )
     return LossTerms(
-        process.prior_kl(x), diffusion, reconstruction_nll(process, x, decoder or GaussianDecoder())
+        process.prior_kl(x),
+        diffusion,
+        reconstruction_nll(process, x, decoder or GaussianDecoder(), generator),
     )
 
 
@@ -127,7 +132,9 @@ def continuous_nelbo_terms(
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     diffusion = continuous_diffusion_integrand(process, predictor, x, t, noise) / density
     return LossTerms(
-        process.prior_kl(x), diffusion, reconstruction_nll(process, x, decoder or GaussianDecoder())
+        process.prior_kl(x),
+        diffusion,
+        reconstruction_nll(process, x, decoder or GaussianDecoder(), generator),
     )
 
 

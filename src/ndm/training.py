@@ -1,14 +1,22 @@
-"""Training loop with EMA, checkpoints, exact resumption and JSON-lines metrics.
+"""Training loop with EMA, checkpoints, exact resumption, DDP and JSON-lines metrics.
 
 A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one line every
-``log_every`` steps) and ``checkpoint.pt`` (written every ``checkpoint_every`` steps and at
-the end). A checkpoint stores the model, its EMA, the optimiser and LR scheduler, the step,
-the minibatch generator and the global RNG state, so a resumed run continues exactly the
-same stream as an uninterrupted one.
+``log_every`` steps), TensorBoard event files when ``tensorboard`` is installed, and
+``checkpoint.pt`` (written every ``checkpoint_every`` steps and at the end). A checkpoint
+stores the model, its EMA, the optimiser and LR scheduler, the step, the minibatch generator
+and the global RNG state, so a resumed run continues exactly the same stream as an
+uninterrupted one.
+
+Each step draws a global minibatch of ``batch_size`` examples, cut into ``world_size *
+grad_accum`` equal micro-batches; micro-batch ``k`` takes its noise from a generator seeded by
+``(seed, step, k)``. Under ``torchrun`` the model is wrapped in DDP and process ``r`` takes
+micro-batches ``r * grad_accum ...``; only rank 0 writes the run folder. A run on one process
+with ``grad_accum = k`` therefore takes the same steps as ``k`` processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -18,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -25,23 +34,34 @@ from tqdm import tqdm
 from ndm.builders import build_model
 from ndm.checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
 from ndm.config import DataConfig, RunConfig, config_from_dict, config_to_dict
-from ndm.data.toy2d import toy2d_splits
+from ndm.data.loading import Splits, load_splits, model_input
+from ndm.distributed import Distributed, init_distributed, mean_over_processes, shard_seed
 from ndm.model import NDM
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
-RUN_KEYS = ("config", "step", "model", "ema", "dim")
-TERMS = ("prior", "diffusion", "reconstruction")
+RUN_KEYS = ("config", "step", "model", "ema", "shape", "num_levels")
 
 
-def load_data(cfg: DataConfig) -> tuple[Tensor, Tensor]:
-    """Train ``[n_train, 2]`` and test ``[n_test, 2]`` splits of the configured toy dataset."""
-    return toy2d_splits(cfg.dataset, cfg.n_train, cfg.n_test, cfg.seed)
+def load_data(cfg: DataConfig) -> Splits:
+    """The train and test splits of the configured dataset."""
+    return load_splits(cfg.dataset, cfg.n_train, cfg.n_test, cfg.seed, cfg.path, cfg.resolution)
 
 
-def check_data(x: Tensor) -> None:
-    """Raise ``ValueError`` unless ``x`` is a non-empty floating ``[N, D]`` tensor of finite values."""
+def check_data(x: Tensor, num_levels: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``x`` is non-empty floating ``[N, D]`` data of finite
+    values, or (``num_levels`` given) integer images ``[N, C, H, W]`` with levels in
+    ``0..num_levels-1``."""
+    if num_levels is not None:
+        if x.dim() != 4 or x.shape[0] == 0:
+            raise ValueError(f"image data must have shape [N, C, H, W], got {tuple(x.shape)}")
+        if x.is_floating_point() or x.dtype == torch.bool:
+            raise ValueError(f"image data must hold integer levels, got {x.dtype}")
+        low, high = int(x.min()), int(x.max())
+        if low < 0 or high >= num_levels:
+            raise ValueError(f"image levels must lie in 0..{num_levels - 1}, got {low}..{high}")
+        return
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(
             f"training data must have shape [N, D] with N, D > 0, got {tuple(x.shape)}"
@@ -75,7 +95,9 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _check_resumable(state: dict[str, Any], cfg: RunConfig, dim: int, path: Path) -> None:
+def _check_resumable(
+    state: dict[str, Any], cfg: RunConfig, shape: tuple[int, ...], path: Path
+) -> None:
     """The checkpoint must match the data and model of ``cfg`` and stop before its end."""
     saved, wanted = config_to_dict(config_from_dict(state["config"])), config_to_dict(cfg)
     changed = [
@@ -86,9 +108,10 @@ def _check_resumable(state: dict[str, Any], cfg: RunConfig, dim: int, path: Path
     ]
     if changed:
         raise ValueError(f"cannot resume {path}: the config changes {changed}")
-    if state["dim"] != dim:
+    if tuple(state["shape"]) != shape:
         raise ValueError(
-            f"cannot resume {path}: it was trained on {state['dim']}-D data, not {dim}-D"
+            f"cannot resume {path}: it was trained on examples of shape {tuple(state['shape'])},"
+            f" not {shape}"
         )
     if state["step"] >= cfg.train.steps:
         raise ValueError(
@@ -105,26 +128,61 @@ def _keep_metrics_until(path: Path, step: int) -> None:
         atomic_write(path, lambda file: file.write("".join(f"{k}\n" for k in kept).encode()))
 
 
+def _micro_batches(cfg: RunConfig, place: Distributed) -> int:
+    """Examples per micro-batch; the global batch must split evenly over processes and
+    accumulation steps."""
+    parts = place.world_size * cfg.train.grad_accum
+    if cfg.train.batch_size % parts:
+        raise ValueError(
+            f"batch_size {cfg.train.batch_size} does not split into {place.world_size} "
+            f"processes x {cfg.train.grad_accum} accumulation steps"
+        )
+    return cfg.train.batch_size // parts
+
+
 def _step(
-    model: NDM, optimizer: torch.optim.Optimizer, x: Tensor, grad_clip: float
+    model: NDM | DistributedDataParallel,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[tuple[Tensor, torch.Generator]],
+    cfg: RunConfig,
+    place: Distributed,
 ) -> dict[str, float]:
-    """One clipped optimiser step on the minibatch ``x``; returns the loss, its NELBO terms,
-    the learning rate and the gradient norm before clipping. Raises ``FloatingPointError``,
-    leaving the parameters untouched, when the loss or the gradient is not finite."""
-    if model.objective == "simple":
-        loss, terms = model.loss(x).mean(), {}
-    else:
-        parts = model.loss_terms(x)
-        loss, terms = parts.total.mean(), {k: getattr(parts, k).mean() for k in TERMS}
+    """One clipped optimiser step on this process's micro-batches ``(x, noise generator)``;
+    returns the loss, its NELBO terms, the learning rate and the gradient norm before
+    clipping, averaged over processes. Raises ``FloatingPointError``, leaving the
+    parameters untouched, when the loss or the gradient is not finite."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    values = {"loss": loss.item(), "grad_norm": grad_norm.item()}
-    if not all(math.isfinite(v) for v in values.values()):
-        raise FloatingPointError(f"non-finite loss or gradient {values}")
+    sums: dict[str, float] = {}
+    bf16 = cfg.train.precision == "bf16" and place.device.type == "cuda"
+    for i, (x, generator) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not place.enabled else model.no_sync()
+        with sync:
+            with torch.autocast(place.device.type, torch.bfloat16, enabled=bf16):
+                losses = model(x, generator)
+            (losses["loss"].float().mean() / len(micro_batches)).backward()
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float().mean().item()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    values = {k: v / len(micro_batches) for k, v in sums.items()}
+    values = mean_over_processes(values | {"grad_norm": grad_norm.item()}, place)
+    if not all(math.isfinite(values[k]) for k in ("loss", "grad_norm")):
+        raise FloatingPointError(
+            f"non-finite loss or gradient {{'loss': {values['loss']}, "
+            f"'grad_norm': {values['grad_norm']}}}"
+        )
     values["lr"] = optimizer.param_groups[0]["lr"]
     optimizer.step()
-    return values | {k: v.item() for k, v in terms.items()}
+    return values
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``run_dir`` when ``tensorboard`` is installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir))
 
 
 def train(
@@ -132,32 +190,36 @@ def train(
 ) -> NDM:
     """Train for ``cfg.train.steps`` steps in ``run_dir`` and return the EMA model.
 
-    ``train_data`` (``[N, D]``) replaces the configured toy dataset. With ``resume``,
+    ``train_data`` (``[N, D]`` points) replaces the configured dataset. With ``resume``,
     continue the checkpoint in ``run_dir`` up to ``cfg.train.steps``; without it, a run
     folder that already holds a checkpoint is refused. Bad data and refused runs raise
     before anything is written; a non-finite loss or gradient raises ``FloatingPointError``
-    and leaves the last checkpoint as it was.
+    and leaves the last checkpoint as it was. Under ``torchrun`` every process calls this.
     """
     run_dir = Path(run_dir)
-    data = load_data(cfg.data)[0] if train_data is None else train_data
-    check_data(data)
+    if train_data is None:
+        splits = load_data(cfg.data)
+    else:
+        splits = Splits(train_data, train_data[:0], None, False, None)
+    check_data(splits.train, splits.num_levels)
+    shape, data = splits.shape, splits.train
     ckpt_path = run_dir / CHECKPOINT
-    dim, device = data.shape[1], torch.device(cfg.train.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {cfg.train.device!r} asked for, but CUDA is not available")
+    place = init_distributed(cfg.train.device)
+    per_micro = _micro_batches(cfg, place)
     state = None
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}")
         state = load_checkpoint(ckpt_path, RUN_KEYS)
-        _check_resumable(state, cfg, dim, ckpt_path)
+        _check_resumable(state, cfg, shape, ckpt_path)
     elif ckpt_path.exists():
         raise FileExistsError(
             f"{run_dir} already holds a checkpoint; resume it or choose another run folder"
         )
 
+    device = place.device
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, dim).to(device)
+    model = build_model(cfg.model, shape, splits.num_levels).to(device)
     ema = _ema(model, cfg.train.ema_decay)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
@@ -173,10 +235,14 @@ def train(
         batches.set_state(state["generator"])
         _set_rng_state(state["rng"], device)
         start = state["step"]
+    wrapped = DistributedDataParallel(model) if place.enabled else model
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_json(run_dir / CONFIG, config_to_dict(cfg))
-    _keep_metrics_until(run_dir / METRICS, start)
+    writer = None
+    if place.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_json(run_dir / CONFIG, config_to_dict(cfg))
+        _keep_metrics_until(run_dir / METRICS, start)
+        writer = _tensorboard(run_dir)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(
@@ -184,7 +250,8 @@ def train(
             {
                 "config": config_to_dict(cfg),
                 "step": step,
-                "dim": dim,
+                "shape": list(shape),
+                "num_levels": splits.num_levels,
                 "model": model.state_dict(),
                 "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -194,15 +261,28 @@ def train(
             },
         )
 
-    data = data.to(device=device, dtype=torch.float32)
+    data = data.to(device)
+    dims = math.prod(shape)
     window: list[dict[str, float]] = []
     last_saved = f"step {start}" if state is not None else "none written yet"
-    progress = tqdm(range(start + 1, cfg.train.steps + 1), initial=start, total=cfg.train.steps)
+    progress = tqdm(
+        range(start + 1, cfg.train.steps + 1),
+        initial=start,
+        total=cfg.train.steps,
+        disable=not place.is_main,
+    )
     for step in progress:
         began = time.perf_counter()
         index = torch.randint(data.shape[0], (cfg.train.batch_size,), generator=batches)
+        micro_batches = []
+        for m in range(cfg.train.grad_accum):
+            shard = place.rank * cfg.train.grad_accum + m
+            generator = torch.Generator(device).manual_seed(shard_seed(cfg.train.seed, step, shard))
+            rows = index[shard * per_micro : (shard + 1) * per_micro].to(device)
+            x = model_input(data[rows], splits, generator, augment=True)
+            micro_batches.append((x, generator))
         try:
-            values = _step(model, optimizer, data[index.to(device)], cfg.train.grad_clip)
+            values = _step(wrapped, optimizer, micro_batches, cfg, place)
         except FloatingPointError as error:
             raise FloatingPointError(
                 f"{error} at step {step}; training stopped, last checkpoint kept ({last_saved})"
@@ -211,17 +291,28 @@ def train(
         ema.update_parameters(model)
         window.append(values | {"seconds_per_step": time.perf_counter() - began})
 
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+        if place.is_main and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
             means = {k: sum(v[k] for v in window) / len(window) for k in window[0]}
             line = {"step": step} | means | {"lr": values["lr"]}
+            if splits.is_image:
+                line["bits_per_dim"] = line["loss"] / (dims * math.log(2))
             with (run_dir / METRICS).open("a") as file:
                 file.write(json.dumps(line) + "\n")
-            progress.set_postfix(loss=f"{line['loss']:.3f}")
+            if writer is not None:
+                for key, value in line.items():
+                    if key != "step":
+                        writer.add_scalar(f"train/{key}", value, step)
+            shown = {"loss": f"{line['loss']:.3f}"}
+            if splits.is_image:
+                shown["bpd"] = f"{line['bits_per_dim']:.3f}"
+            progress.set_postfix(shown)
             window = []
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+        if place.is_main and (step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps):
             checkpoint(step)
             last_saved = f"step {step}"
     progress.close()
+    if writer is not None:
+        writer.close()
     return ema.module
 
 
@@ -239,7 +330,8 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, NDM]:
     state = load_checkpoint(path, RUN_KEYS)
     try:
         cfg = config_from_dict(state["config"])
-        ema = _ema(build_model(cfg.model, state["dim"]), cfg.train.ema_decay)
+        model = build_model(cfg.model, tuple(state["shape"]), state["num_levels"])
+        ema = _ema(model, cfg.train.ema_decay)
         ema.load_state_dict(state["ema"])
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"{path} does not hold a usable ndm run: {error}") from error

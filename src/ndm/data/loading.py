@@ -1,0 +1,93 @@
+"""One entry point for every dataset a run can use: toy 2-D data or images.
+
+Toy data are float ``[N, 2]`` points used as they are. Images are integer levels
+``[N, C, H, W]`` with ``L`` levels; the model sees them at the bin centres
+``x = (2 k + 1) / L - 1`` in ``[-1, 1]`` (discrete data with the categorical decoder), with
+random horizontal flips in training for datasets that use them, and uniformly dequantised
+for the ODE likelihood (:func:`ndm.data.images.dequantise`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ndm.data.images import (
+    IMAGE_DATASETS,
+    load_image_dataset,
+    random_horizontal_flip,
+    to_model_space,
+    uses_flips,
+)
+from ndm.data.toy2d import DATASETS as TOY_DATASETS
+from ndm.data.toy2d import entropy, toy2d_splits
+
+ALL_DATASETS = tuple(TOY_DATASETS) + tuple(IMAGE_DATASETS)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Train and test data of a run.
+
+    ``train``/``test``: float points ``[N, D]`` (``num_levels is None``) or integer levels
+    ``[N, C, H, W]``; ``labels`` of the train and test images (``None`` for toy data);
+    ``entropy``: the data's exact entropy in nats when known.
+    """
+
+    train: Tensor
+    test: Tensor
+    num_levels: int | None
+    flips: bool
+    entropy: float | None
+    train_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one example, ``(D,)`` or ``(C, H, W)``."""
+        return tuple(self.train.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.num_levels is not None
+
+
+def is_image_dataset(name: str) -> bool:
+    return name in IMAGE_DATASETS
+
+
+def load_splits(
+    dataset: str, n_train: int, n_test: int, seed: int, path: str = "", resolution: int = 0
+) -> Splits:
+    """Toy data drawn from seeds ``2 seed`` / ``2 seed + 1`` (``n_train``/``n_test`` points),
+    or an image dataset read from ``path`` (``resolution`` 0: native size; else resized)."""
+    if dataset in TOY_DATASETS:
+        train, test = toy2d_splits(dataset, n_train, n_test, seed)
+        return Splits(train, test, None, False, entropy(dataset))
+    if dataset not in IMAGE_DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {ALL_DATASETS}")
+    data = load_image_dataset(dataset, path or None, resolution or None)
+    return Splits(
+        data.train,
+        data.test,
+        data.num_levels,
+        uses_flips(dataset),
+        None,
+        data.train_labels,
+        data.test_labels,
+    )
+
+
+def model_input(
+    batch: Tensor, splits: Splits, generator: torch.Generator | None, augment: bool
+) -> Tensor:
+    """What the model sees: toy points as float32, images at their bin centres in [-1, 1]
+    (flipped at random when ``augment`` and the dataset uses flips)."""
+    if not splits.is_image:
+        return batch.float()
+    x = to_model_space(batch, splits.num_levels)
+    if augment and splits.flips:
+        x = random_horizontal_flip(x, generator)
+    return x

@@ -1,0 +1,237 @@
+"""Time-conditioned U-Net for images, in the style of Dhariwal & Nichol (2021).
+
+``UNet(x [B, C, H, W], t [B]) -> [B, C, H, W]``. Residual blocks take the time embedding
+through a scale-shift (``GroupNorm(h) * (1 + s) + b``), self-attention runs at the chosen
+resolutions, and the resolution halves after every level but the last. Every operation
+has a forward-mode derivative, so ``torch.func.jvp`` in ``t`` works through the network
+(the learned transform ``F_phi`` needs ``dF/dt``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ndm.nets.mlp import sinusoidal_embedding
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Width ``channels``; level ``i`` has ``channels * channel_mult[i]`` channels and
+    ``num_res_blocks`` residual blocks; attention where the side length is in
+    ``attention_resolutions``, with heads of ``head_channels`` channels."""
+
+    channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    attention_resolutions: tuple[int, ...]
+    dropout: float = 0.0
+    head_channels: int = 64
+    groups: int = 32
+
+
+UNET_PRESETS: dict[str, UNetConfig] = {
+    # Small enough to train on a 2-core CPU.
+    "cpu8": UNetConfig(32, (1, 2), 1, (4,), head_channels=32, groups=8),
+    "cpu16": UNetConfig(32, (1, 2, 2), 1, (4,), head_channels=32, groups=8),
+    "cpu28": UNetConfig(32, (1, 2, 2), 2, (7,), head_channels=32, groups=16),
+    # Paper-size networks, meant for a GPU (improved-diffusion / guided-diffusion settings).
+    "cifar10": UNetConfig(128, (1, 2, 2, 2), 3, (16, 8), dropout=0.3),
+    "imagenet32": UNetConfig(128, (1, 2, 2, 2), 3, (16, 8), dropout=0.1),
+    "imagenet64": UNetConfig(192, (1, 2, 3, 4), 3, (32, 16, 8), dropout=0.1),
+}
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm with the largest group count ``<= groups`` that divides ``channels``."""
+    return nn.GroupNorm(math.gcd(channels, groups), channels)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """``h + conv(drop(silu(GN(conv(silu(GN(h)))) * (1 + s) + b)))``, ``(s, b) = Linear(temb)``;
+    the last convolution starts at zero so the block starts as the identity."""
+
+    def __init__(self, cin: int, cout: int, temb: int, dropout: float, groups: int) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(
+            _norm(cin, groups), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1)
+        )
+        self.emb = nn.Sequential(nn.SiLU(), nn.Linear(temb, 2 * cout))
+        self.out_norm = _norm(cout, groups)
+        self.out_layers = nn.Sequential(
+            nn.SiLU(), nn.Dropout(dropout), _zero(nn.Conv2d(cout, cout, 3, padding=1))
+        )
+        self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        h = self.in_layers(x)
+        scale, shift = self.emb(temb)[:, :, None, None].chunk(2, dim=1)
+        h = self.out_layers(self.out_norm(h) * (1 + scale) + shift)
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over the ``H * W`` positions, residual, output at zero."""
+
+    def __init__(self, channels: int, head_channels: int, groups: int) -> None:
+        super().__init__()
+        self.heads = max(1, channels // head_channels)
+        self.norm = _norm(channels, groups)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj = _zero(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
+        b, c, hgt, wid = x.shape
+        qkv = self.qkv(self.norm(x).reshape(b, c, hgt * wid))
+        q, k, v = qkv.reshape(b * self.heads, 3 * c // self.heads, hgt * wid).chunk(3, dim=1)
+        weights = torch.softmax(q.transpose(1, 2) @ k / math.sqrt(c // self.heads), dim=-1)
+        out = (v @ weights.transpose(1, 2)).reshape(b, c, hgt * wid)
+        return x + self.proj(out).reshape(b, c, hgt, wid)
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 convolution: side ``n -> ceil(n / 2)``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor, temb: Tensor | None = None) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour resize to ``size`` then a 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return self.conv(nn.functional.interpolate(x, size=size, mode="nearest"))
+
+
+class _Stage(nn.Module):
+    """A residual block optionally followed by attention."""
+
+    def __init__(self, res: ResBlock, attn: AttentionBlock | None) -> None:
+        super().__init__()
+        self.res = res
+        self.attn = attn
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        x = self.res(x, temb)
+        return x if self.attn is None else self.attn(x)
+
+
+class UNet(nn.Module):
+    """``x [B, C, H, W]``, ``t [B]`` in ``[0, 1]`` -> ``[B, C, H, W]``.
+
+    ``t`` enters through :func:`~ndm.nets.mlp.sinusoidal_embedding` and a two-layer SiLU MLP.
+    ``image_size`` fixes where attention runs (by side length). ``zero_init_output=True``
+    zeroes the final convolution so the output starts at exactly 0.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        config: UNetConfig,
+        zero_init_output: bool = False,
+    ) -> None:
+        super().__init__()
+        cfg = config
+        ch, groups = cfg.channels, cfg.groups
+        temb = 4 * ch
+        self.channels = ch
+        self.time_mlp = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.inp = nn.Conv2d(in_channels, ch, 3, padding=1)
+
+        def stage(cin: int, cout: int, side: int) -> _Stage:
+            attn = (
+                AttentionBlock(cout, cfg.head_channels, groups)
+                if side in cfg.attention_resolutions
+                else None
+            )
+            return _Stage(ResBlock(cin, cout, temb, cfg.dropout, groups), attn)
+
+        self.down = nn.ModuleList()
+        skips, sides, side, cur = [ch], [], image_size, ch
+        for level, mult in enumerate(cfg.channel_mult):
+            sides.append(side)
+            blocks = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(stage(cur, ch * mult, side))
+                cur = ch * mult
+                skips.append(cur)
+            down = None
+            if level < len(cfg.channel_mult) - 1:
+                down = Downsample(cur)
+                skips.append(cur)
+                side = (side + 1) // 2
+            self.down.append(nn.ModuleDict({"blocks": blocks, **({"down": down} if down else {})}))
+
+        self.middle = nn.ModuleList(
+            [
+                ResBlock(cur, cur, temb, cfg.dropout, groups),
+                AttentionBlock(cur, cfg.head_channels, groups),
+                ResBlock(cur, cur, temb, cfg.dropout, groups),
+            ]
+        )
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            blocks = nn.ModuleList()
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(stage(cur + skips.pop(), ch * mult, sides[level]))
+                cur = ch * mult
+            up = Upsample(cur) if level > 0 else None
+            self.up.append(nn.ModuleDict({"blocks": blocks, **({"up": up} if up else {})}))
+
+        self.out = nn.Sequential(
+            _norm(cur, groups), nn.SiLU(), nn.Conv2d(cur, in_channels, 3, padding=1)
+        )
+        if zero_init_output:
+            _zero(self.out[-1])
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """``x`` [B, C, H, W], ``t`` [B] or scalar -> [B, C, H, W]."""
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        temb = self.time_mlp(sinusoidal_embedding(t.to(x.dtype), self.channels))
+        h = self.inp(x)
+        hs = [h]
+        for level in self.down:
+            for block in level["blocks"]:
+                h = block(h, temb)
+                hs.append(h)
+            if "down" in level:
+                h = level["down"](h)
+                hs.append(h)
+        h = self.middle[0](h, temb)
+        h = self.middle[1](h)
+        h = self.middle[2](h, temb)
+        for level in self.up:
+            for block in level["blocks"]:
+                h = block(torch.cat([h, hs.pop()], dim=1), temb)
+            if "up" in level:
+                h = level["up"](h, hs[-1].shape[-2:])
+        return self.out(h)
+
+
+def build_unet(
+    preset: str, in_channels: int, image_size: int, zero_init_output: bool = False
+) -> UNet:
+    """The U-Net of ``UNET_PRESETS[preset]`` for ``in_channels``-channel square images."""
+    if preset not in UNET_PRESETS:
+        raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(UNET_PRESETS)}")
+    return UNet(in_channels, image_size, UNET_PRESETS[preset], zero_init_output)

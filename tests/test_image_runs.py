@@ -1,0 +1,81 @@
+"""End to end on images: train on the built-in 8x8 digits, sample, evaluate with FID."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from ndm.cli import main
+
+TINY = (
+    "--dataset digits --steps 2 --batch-size 8 --objective discrete --num-steps 10 "
+    "--n-eval 4 --n-samples 8 --rtol 1e-2 --atol 1e-2 --nelbo-time-samples 2 "
+    "--fid-samples 16 --fid-steps 4 --classifier-steps 5 --checkpoint-every 2 --log-every 1"
+).split()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(["train", "--run-dir", str(run), *TINY]) == 0
+    return run
+
+
+def test_image_run_writes_figures_and_bits_per_dim(image_run):
+    for name in ("samples.png", "transform.png", "predictions.png"):
+        assert (image_run / name).read_bytes().startswith(b"\x89PNG")
+    m = json.loads((image_run / "metrics.json").read_text())
+    dims = 64
+    # the NELBO of the discrete data needs no offset; the ODE NLL of dequantised data adds log2(17/2)
+    assert m["nelbo_bpd"] == pytest.approx(m["nelbo"] / (dims * math.log(2)))
+    assert m["nll_bpd"] == pytest.approx(m["nll"] / (dims * math.log(2)) + math.log2(17 / 2))
+    terms = sum(m[f"nelbo_{k}_bpd"] for k in ("prior", "diffusion", "reconstruction"))
+    assert terms == pytest.approx(m["nelbo_bpd"])
+    assert m["nll_divergence"] == "hutchinson"
+    assert m["fid"] >= 0 and 0 <= m["classifier_test_accuracy"] <= 1
+    line = json.loads((image_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["bits_per_dim"] == pytest.approx(line["loss"] / (dims * math.log(2)))
+
+
+def test_image_samples_lie_on_the_data_levels(image_run):
+    out = image_run / "s.png"
+    assert main(["sample", str(image_run), "--sampler", "ddim", "--steps", "3", "--n", "5", "--out", str(out)]) == 0  # fmt: skip
+    samples = torch.load(out.with_suffix(".pt"), weights_only=True)
+    assert samples.shape == (5, 1, 8, 8)
+    levels = (samples + 1) * 17 / 2 - 0.5
+    torch.testing.assert_close(levels, levels.round())
+    assert set(levels.round().unique().tolist()) <= set(range(17))
+
+
+def test_blur_transform_trains_on_images(tmp_path):
+    run = tmp_path / "blur"
+    args = ["train", "--run-dir", str(run), *TINY, "--transform", "blur", "--fid-samples", "0"]
+    assert main(args) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["transform"] == "blur"
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--dataset", "fashion_mnist"], "path"),
+        (["--dataset", "digits", "--architecture", "mlp"], "architecture 'mlp'"),
+        (["--dataset", "moons", "--architecture", "cpu8"], "U-Net"),
+        (["--dataset", "moons", "--transform", "blur"], "blur"),
+        (["--dataset", "digits", "--batch-size", "9", "--grad-accum", "2"], "does not split"),
+    ],
+)
+def test_bad_image_options_give_one_clear_error(tmp_path, capsys, extra, fragment):
+    run = tmp_path / "bad"
+    assert main(["train", "--run-dir", str(run), *TINY, *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (run / "checkpoint.pt").exists()
