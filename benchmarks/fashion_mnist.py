@@ -23,14 +23,15 @@ from pathlib import Path
 import torch
 
 from ndm.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
-from ndm.data.loading import Splits
-from ndm.evaluation import evaluate, fid_features, sample_quality
+from ndm.data.loading import Splits, model_input
+from ndm.evaluation import evaluate, fid_features, sample_images, sample_quality
+from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predictions_from_noise
 from ndm.model import NDM
-from ndm.training import load_data, train
+from ndm.training import load_data, load_run, train
 
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
 PRESETS = {
-    "cpu": {"resolution": 16, "architecture": "cpu16", "batch_size": 64, "steps": 3000},
+    "cpu": {"resolution": 16, "architecture": "cpu16", "batch_size": 64, "steps": 1200},
     "gpu": {"resolution": 28, "architecture": "cpu28", "batch_size": 128, "steps": 100_000},
 }
 
@@ -84,13 +85,28 @@ def _row(model: NDM, cfg: RunConfig, splits: Splits, features, steps: int) -> di
     return row
 
 
+def write_figures(runs_dir: Path, splits: Splits, out_dir: Path) -> None:
+    """Figures of the ``T = 1000`` runs: ``F_phi(x, t)`` of test images (paper, Fig. 2b-c),
+    ``x_theta(z_1, 1)`` of NDM above DDPM (Fig. 2d-e) and 10-step DDIM samples of each."""
+    models = {label: load_run(runs_dir / f"{name}-T1000")[1].eval() for label, name in
+              (("NDM", "learned"), ("DDPM", "identity"))}  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test = model_input(splits.test[:32], splits, None, augment=False)
+    plot_image_transform(models["NDM"], test[:6], out_dir / "fashion_mnist_transform.png")
+    plot_predictions_from_noise(models, splits.shape, out_dir / "fashion_mnist_predictions.png")
+    for label, model in models.items():
+        generator = torch.Generator().manual_seed(0)
+        samples, _ = sample_images(model, splits, 32, "ddim", 10, generator)
+        plot_image_samples(samples, test, out_dir / f"fashion_mnist_{label}.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--path", default=DEBIAN_PATH, help="folder of the IDX files")
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: the preset's)")
-    parser.add_argument("--n-eval", type=int, default=200, help="test images for NLL/NELBO")
-    parser.add_argument("--fid-samples", type=int, default=1000)
+    parser.add_argument("--n-eval", type=int, default=100, help="test images for NLL/NELBO")
+    parser.add_argument("--fid-samples", type=int, default=300)
     parser.add_argument("--classifier-steps", type=int, default=1000)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs") / "fashion-mnist")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
@@ -140,6 +156,7 @@ def main() -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
+        write_figures(args.runs_dir, splits, args.out.parent)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from ndm.schedules import (
     FlowMatchingOTSchedule,
     LearnedVPSchedule,
     LinearVPSchedule,
+    TableVPSchedule,
     make_schedule,
 )
 from ndm.transforms import AffineTransform, IdentityTransform, LearnedTransform, Transform
@@ -44,6 +45,7 @@ __all__ = [
     "LearnedTransform",
     "LearnedVPSchedule",
     "LinearVPSchedule",
+    "TableVPSchedule",
     "LossTerms",
     "NeuralDiffusion",
     "Predictor",

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ndm.schedules import Schedule, ScheduleValues
-from ndm.transforms import Transform, _per_example
+from ndm.transforms import IdentityTransform, Transform, _per_example
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,10 @@ class NeuralDiffusion(nn.Module):
         self.schedule, self.transform = schedule, transform
 
     def transform_at(self, x: Tensor, times: list[Tensor]) -> list[Tensor]:
-        """``[F(x, t_k) for t_k in times]`` in one batched call of the transform."""
+        """``[F(x, t_k) for t_k in times]`` in one batched call of the transform (none for
+        the identity)."""
+        if isinstance(self.transform, IdentityTransform):
+            return [x] * len(times)
         if len(times) == 1:
             return [self.transform.value(x, times[0])]
         values = self.transform.value(torch.cat([x] * len(times)), torch.cat(times))

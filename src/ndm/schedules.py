@@ -151,6 +151,36 @@ class FlowMatchingOTSchedule(Schedule):
         return ScheduleValues(alpha, sigma, d_alpha, d_sigma, gamma, d_gamma)
 
 
+class TableVPSchedule(VariancePreservingSchedule):
+    """VP schedule through the ``alphas_cumprod`` table ``[N]`` of a discrete DDPM.
+
+    Timestep ``k`` (``0..N-1``) sits at ``t = (k + 1) / N`` with
+    ``gamma = log((1 - alphas_cumprod[k]) / alphas_cumprod[k])``; ``gamma`` is linear in ``t``
+    between the points and extended linearly from the first segment down to ``t = 0``, so
+    ``sigma_0 > 0``. On the grid ``t = k / N`` the steps are those of the discrete model.
+    """
+
+    def __init__(self, alphas_cumprod: Tensor) -> None:
+        super().__init__()
+        table = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        if table.dim() != 1 or table.numel() < 2:
+            raise ValueError(
+                f"alphas_cumprod must be 1-D with at least 2 entries, got {tuple(table.shape)}"
+            )
+        if not bool(((table > 0) & (table < 1)).all()) or not bool((table[1:] < table[:-1]).all()):
+            raise ValueError("alphas_cumprod must lie in (0, 1) and decrease strictly")
+        self.register_buffer("gamma_table", torch.log1p(-table) - torch.log(table))
+
+    def gamma_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        table = self.gamma_table
+        n = table.numel()
+        position = t.to(table.dtype) * n - 1
+        k = position.floor().clamp(0, n - 2).long()
+        slope = table[k + 1] - table[k]
+        gamma = table[k] + slope * (position - k)
+        return gamma.to(t.dtype), (slope * n).to(t.dtype)
+
+
 class _PositiveLinear(nn.Linear):
     """Linear layer with weights ``softplus(w) >= 0``: monotone non-decreasing in its input."""
 

@@ -36,7 +36,7 @@ class UNetConfig:
 UNET_PRESETS: dict[str, UNetConfig] = {
     # Small enough to train on a 2-core CPU.
     "cpu8": UNetConfig(32, (1, 2), 1, (4,), head_channels=32, groups=8),
-    "cpu16": UNetConfig(32, (1, 2, 2), 1, (4,), head_channels=32, groups=8),
+    "cpu16": UNetConfig(16, (1, 2, 2), 1, (4,), head_channels=32, groups=8),
     "cpu28": UNetConfig(32, (1, 2, 2), 2, (7,), head_channels=32, groups=16),
     # Paper-size networks, meant for a GPU (improved-diffusion / guided-diffusion settings).
     "cifar10": UNetConfig(128, (1, 2, 2, 2), 3, (16, 8), dropout=0.3),

@@ -1,0 +1,236 @@
+"""What sampling and likelihood cost: sampler overhead, diffusers' loop, ODE NFE, NLL accuracy.
+
+1. Seconds per step of each sampler against the bare network calls that step must make
+   (the predictor, and the transform at ``x_hat`` for NDM); the difference is overhead.
+2. Our DDIM loop against diffusers' ``DDIMScheduler`` loop around the same network, with
+   ``F = x`` and the schedule of diffusers' ``alphas_cumprod`` table.
+3. The adaptive ODE sampler's NFE at several tolerances, NDM against DDPM.
+4. ODE NLL (Hutchinson) time per example and error against a tight reference, for several
+   tolerances and numbers of probes.
+
+Tables 1 and 2 time untrained networks (time does not depend on the weights); 3 and 4 need
+trained runs, given by ``--ndm-run`` and ``--ddpm-run`` (image runs, e.g. those of
+``benchmarks/fashion_mnist.py``). Usage::
+
+    python benchmarks/sampling_cost.py --ndm-run runs/fashion-mnist/learned-T1000 \\
+        --ddpm-run runs/fashion-mnist/identity-T1000 --out benchmarks/results/sampling_cost.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ndm.builders import build_model
+from ndm.config import ModelConfig
+from ndm.data.images import dequantise
+from ndm.model import NDM
+from ndm.samplers import get_sampler, time_grid
+from ndm.schedules import TableVPSchedule
+from ndm.training import load_data, load_run
+
+SHAPE = (1, 16, 16)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def overhead_rows(label: str, transform: str, batch: int, steps: int, repeats: int) -> list[str]:
+    """Rows of table 1 for one model."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(transform=transform, architecture="cpu16"), SHAPE, 256)
+    model.eval()
+    predictor, process = model.predictor, model.process
+    z = torch.randn(batch, *SHAPE)
+    t = torch.full((batch,), 0.5)
+    s = torch.full((batch,), 0.5 - 1 / steps)
+
+    def predictor_call() -> None:
+        predictor(z, t)
+
+    def posterior_calls() -> None:
+        process.transform_at(predictor(z, t), [s, t])
+
+    def drift_calls() -> None:
+        process.transform(predictor(z, t), t)
+
+    if transform == "identity":  # the transform is free: only the predictor is bare
+        posterior_calls = drift_calls = predictor_call
+    bare = {
+        "ddpm": posterior_calls,
+        "ddim": posterior_calls,
+        "sde": drift_calls,
+        "ode": drift_calls,
+    }
+    rows = []
+    for name, calls in bare.items():
+        sampler = get_sampler(name)
+        options = {"method": "euler"} if name == "ode" else {}
+
+        def run(sampler=sampler, options=options) -> None:
+            sampler(process, predictor, z, time_grid(steps), **options)
+
+        per_step = median_seconds(run, repeats) / steps
+        bare_seconds = median_seconds(calls, repeats)
+        label_name = "ode (euler)" if name == "ode" else name
+        rows.append(
+            f"| {label} | {label_name} | {per_step:.4f} | {bare_seconds:.4f} | "
+            f"{100 * (per_step / bare_seconds - 1):+.1f}% |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def overhead_table(batch: int, steps: int, repeats: int) -> list[str]:
+    lines = [
+        f"| model | sampler | s/step (batch {batch}) | bare network calls s | overhead |",
+        "|---|---|---|---|---|",
+    ]
+    for label, transform in (("DDPM", "identity"), ("NDM", "learned")):
+        lines += overhead_rows(label, transform, batch, steps, repeats)
+    return lines
+
+
+@torch.no_grad()
+def diffusers_table(batch: int, steps: int, repeats: int) -> list[str]:
+    import diffusers
+
+    scheduler = diffusers.DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", clip_sample=False, set_alpha_to_one=False
+    )
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(transform="identity", architecture="cpu16"), SHAPE, 256)
+    schedule = TableVPSchedule(scheduler.alphas_cumprod)
+    model.process.schedule = model.predictor.schedule = schedule
+    network = model.predictor.net.eval()
+    z = torch.randn(batch, *SHAPE)
+
+    def theirs() -> None:
+        scheduler.set_timesteps(steps)
+        sample = z
+        for k in scheduler.timesteps:
+            time_k = torch.full((batch,), (int(k) + 1) / 1000)
+            sample = scheduler.step(network(sample, time_k), k, sample).prev_sample
+
+    ratio = 1000 // steps
+    grid = torch.cat([(torch.arange(steps, 0, -1) * ratio - ratio + 1) / 1000, torch.zeros(1)])
+
+    def ours() -> None:
+        get_sampler("ddim")(model.process, model.predictor, z, grid)
+
+    net_only = median_seconds(lambda: network(z, torch.full((batch,), 0.5)), repeats)
+    t_ours = median_seconds(ours, repeats) / steps
+    t_theirs = median_seconds(theirs, repeats) / steps
+    lines = [
+        f"| DDIM loop, {steps} steps, batch {batch} | s/step | over the network call |",
+        "|---|---|---|",
+        f"| network call alone | {net_only:.4f} | |",
+        f"| ndm `ddim` sampler | {t_ours:.4f} | {100 * (t_ours / net_only - 1):+.1f}% |",
+        f"| diffusers `DDIMScheduler` loop | {t_theirs:.4f} | "
+        f"{100 * (t_theirs / net_only - 1):+.1f}% |",
+    ]
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+@torch.no_grad()
+def nfe_table(models: dict[str, NDM], batch: int, tolerances: list[float]) -> list[str]:
+    lines = [
+        "| rtol = atol | " + " | ".join(f"{k} NFE" for k in models) + " |",
+        "|---|" + "---|" * len(models),
+    ]
+    for tol in tolerances:
+        nfes = []
+        for model in models.values():
+            z = torch.randn((batch, *SHAPE), generator=torch.Generator().manual_seed(0))
+            result = get_sampler("ode")(
+                model.process, model.predictor, z, time_grid(1), rtol=tol, atol=tol
+            )
+            nfes.append(result.nfe)
+        lines.append(f"| {tol:g} | " + " | ".join(str(n) for n in nfes) + " |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def nll_table(model: NDM, x: torch.Tensor, tolerances: list[float], probes: list[int]) -> list[str]:
+    dims = x[0].numel()
+    began = time.perf_counter()
+    reference, _ = model.nll(
+        x, divergence="hutchinson", rtol=1e-5, atol=1e-5, num_probes=max(probes) * 4,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    ref_seconds = time.perf_counter() - began
+    lines = [
+        f"Reference: rtol = atol = 1e-5 with {max(probes) * 4} probes "
+        f"({ref_seconds / x.shape[0]:.2f} s per example).",
+        "",
+        "| rtol = atol | probes | s / example | NFE | mean abs error, bits/dim |",
+        "|---|---|---|---|---|",
+    ]
+    for tol in tolerances:
+        for k in probes:
+            began = time.perf_counter()
+            nll, nfe = model.nll(
+                x, divergence="hutchinson", rtol=tol, atol=tol, num_probes=k,
+                generator=torch.Generator().manual_seed(1),
+            )  # fmt: skip
+            seconds = (time.perf_counter() - began) / x.shape[0]
+            error = float((nll - reference).abs().mean()) / (dims * 0.6931471805599453)
+            lines.append(f"| {tol:g} | {k} | {seconds:.3f} | {nfe} | {error:.4f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ndm-run", type=Path, default=None)
+    parser.add_argument("--ddpm-run", type=Path, default=None)
+    parser.add_argument("--nll-examples", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    header = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, U-Net cpu16 on "
+        f"16x16 images; median of {args.repeats}."
+    )
+    lines = ["# Sampling and likelihood cost", "", header, "", "## Sampler overhead", ""]
+    lines += overhead_table(args.batch, args.steps, args.repeats)
+    lines += ["", "## Against diffusers", ""]
+    lines += diffusers_table(args.batch, args.steps, args.repeats)
+    if args.ndm_run and args.ddpm_run:
+        models = {
+            "NDM": load_run(args.ndm_run)[1].eval(),
+            "DDPM": load_run(args.ddpm_run)[1].eval(),
+        }
+        lines += ["", f"## Adaptive ODE sampler (dopri5), {args.batch} samples", ""]
+        lines += nfe_table(models, args.batch, [1e-2, 1e-3, 1e-4, 1e-5])
+        cfg = load_run(args.ndm_run)[0]
+        splits = load_data(cfg.data)
+        x = dequantise(
+            splits.test[: args.nll_examples], splits.num_levels, torch.Generator().manual_seed(0)
+        )
+        lines += ["", f"## ODE NLL of NDM on {args.nll_examples} test images", ""]
+        lines += nll_table(models["NDM"], x, [1e-2, 1e-3, 1e-4], [1, 4])
+    table = "\n".join(lines)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

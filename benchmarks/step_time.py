@@ -1,0 +1,253 @@
+"""Training-step time and memory of NDM (learned transform) against DDPM (``F = x``).
+
+Both models share network size, batch and objective; their steps are timed alternately in
+one process (forward, backward and an Adam update), so the NDM/DDPM ratio is measured under
+the same conditions. Memory is the peak CUDA allocation on a GPU, and on a CPU the bytes of
+tensors saved for the backward pass (the part of a step's memory that grows with the batch).
+A second table times three ways of getting ``(F, dF/dt)`` of the learned transform with a
+backward pass through both: ``torch.func.jvp``, ``torch.autograd.forward_ad`` dual numbers and
+the double-backward trick. Usage::
+
+    python benchmarks/step_time.py                      # CPU: MLP and the U-Net presets
+    python benchmarks/step_time.py --device cuda --precision bf16
+    python benchmarks/step_time.py --compile            # adds torch.compile rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import Tensor
+
+from ndm.builders import build_model
+from ndm.config import ModelConfig
+from ndm.model import NDM
+from ndm.transforms import LearnedTransform
+
+# name, architecture, example shape, batch
+CASES = [
+    ("MLP 256x3, 2-D", "mlp", (2,), 512),
+    ("U-Net cpu8, 8x8", "cpu8", (1, 8, 8), 128),
+    ("U-Net cpu16, 16x16", "cpu16", (1, 16, 16), 128),
+    ("U-Net cpu28, 28x28", "cpu28", (1, 28, 28), 128),
+]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def saved_tensor_bytes(total: list[int]):
+    """Add to ``total[0]`` the bytes of every tensor autograd saves for backward."""
+
+    def pack(t: Tensor) -> Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
+def make_step(model: NDM, x: Tensor, precision: str) -> Callable[[], None]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    autocast = (
+        torch.autocast(x.device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else nullcontext()
+    )
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model(x)["loss"].mean()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def step_memory(model: NDM, x: Tensor, precision: str) -> int:
+    """Peak CUDA bytes of one step, or on a CPU the bytes saved for its backward pass."""
+    step = make_step(model, x, precision)
+    if x.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(x.device)
+        step()
+        return torch.cuda.max_memory_allocated(x.device)
+    total = [0]
+    with saved_tensor_bytes(total):
+        step()
+    return total[0]
+
+
+def time_alternately(
+    steps: dict[str, Callable[[], None]],
+    repeats: int,
+    device: torch.device,
+    first: dict | None = None,
+) -> dict:
+    """Median seconds per call of each function, calls interleaved, after one warm-up call
+    each (whose seconds, compilation included, go into ``first``)."""
+    for name, step in steps.items():
+        began = time.perf_counter()
+        step()
+        _sync(device)
+        if first is not None:
+            first[name] = time.perf_counter() - began
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            _sync(device)
+            began = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - began)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def build(arch: str, shape: tuple[int, ...], transform: str, objective: str) -> NDM:
+    cfg = ModelConfig(transform=transform, architecture=arch, objective=objective)
+    return build_model(cfg, shape, None if len(shape) == 1 else 256)
+
+
+def step_table(args: argparse.Namespace, device: torch.device) -> list[str]:
+    lines = [
+        "| network | objective | batch | DDPM s/step | NDM s/step | NDM / DDPM | "
+        "DDPM memory MB | NDM memory MB |"
+        + (" DDPM compile + first step s | NDM compile + first step s |" if args.compile else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if args.compile else ""),
+    ]
+    for name, arch, shape, batch in CASES:
+        if args.only and arch not in args.only:
+            continue
+        for objective in args.objectives:
+            torch.manual_seed(0)
+            x = torch.rand(batch, *shape, device=device) * 2 - 1
+            models = {k: build(arch, shape, t, objective).to(device) for k, t in
+                      (("DDPM", "identity"), ("NDM", "learned"))}  # fmt: skip
+            if args.compile:
+                for model in models.values():
+                    model.compile()
+            steps = {k: make_step(m, x, args.precision) for k, m in models.items()}
+            first: dict[str, float] = {}
+            seconds = time_alternately(steps, args.repeats, device, first)
+            memory = {k: step_memory(m, x, args.precision) / 2**20 for k, m in models.items()}
+            lines.append(
+                f"| {name} | {objective} | {batch} | {seconds['DDPM']:.4f} | "
+                f"{seconds['NDM']:.4f} | {seconds['NDM'] / seconds['DDPM']:.2f} | "
+                f"{memory['DDPM']:.1f} | {memory['NDM']:.1f} |"
+                + (f" {first['DDPM']:.1f} | {first['NDM']:.1f} |" if args.compile else "")
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
+def derivative_by_forward_ad(transform: LearnedTransform, x: Tensor, t: Tensor):
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        out = transform.value(x, fwAD.make_dual(t, torch.ones_like(t)))
+        primal, tangent = fwAD.unpack_dual(out)
+    return primal, tangent
+
+
+def derivative_by_double_backward(transform: LearnedTransform, x: Tensor, t: Tensor):
+    t = t.detach().requires_grad_(True)
+    value = transform.value(x, t)
+    probe = torch.zeros_like(value, requires_grad=True)
+    (vjp,) = torch.autograd.grad(value, t, probe, create_graph=True)
+    (jvp,) = torch.autograd.grad(vjp, probe, torch.ones_like(t), create_graph=True)
+    return value, jvp
+
+
+def _value_and_derivative_step(
+    strategy: Callable, transform: LearnedTransform, x: Tensor, t: Tensor, keep: list
+) -> Callable[[], None]:
+    """One call of ``strategy`` and a backward pass through ``F`` and ``dF/dt``; the
+    derivative is kept for comparison."""
+
+    def call() -> None:
+        value, derivative = strategy(transform, x, t)
+        (value.square().sum() + derivative.square().sum()).backward()
+        keep[:] = [derivative.detach()]
+
+    return call
+
+
+def derivative_table(args: argparse.Namespace, device: torch.device) -> list[str]:
+    strategies = {
+        "torch.func.jvp": lambda f, x, t: f(x, t),
+        "forward_ad": derivative_by_forward_ad,
+        "double backward": derivative_by_double_backward,
+    }
+    lines = [
+        "| network | batch | " + " | ".join(f"{s} s" for s in strategies) + " | max abs diff |",
+        "|---|---|" + "---|" * (len(strategies) + 1),
+    ]
+    for name, arch, shape, batch in CASES:
+        if args.only and arch not in args.only:
+            continue
+        torch.manual_seed(0)
+        transform = build(arch, shape, "learned", "continuous").process.transform.to(device)
+        for p in transform.parameters():  # leave the zero initialisation: F != x
+            if not p.any():
+                torch.nn.init.normal_(p, std=0.02)
+        x = torch.rand(batch, *shape, device=device) * 2 - 1
+        t = torch.rand(batch, device=device)
+
+        kept = {k: [] for k in strategies}
+        seconds = time_alternately(
+            {
+                k: _value_and_derivative_step(s, transform, x, t, kept[k])
+                for k, s in strategies.items()
+            },
+            args.repeats,
+            device,
+        )
+        reference = kept["torch.func.jvp"][0]
+        diff = max(float((kept[k][0] - reference).abs().max()) for k in strategies)
+        lines.append(
+            f"| {name} | {batch} | "
+            + " | ".join(f"{seconds[k]:.4f}" for k in strategies)
+            + f" | {diff:.1e} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--objectives", nargs="+", default=["continuous", "discrete"])
+    parser.add_argument("--only", nargs="*", help="architectures to keep (mlp, cpu8, ...)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--out", default=None, help="also write the tables here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    header = (
+        f"torch {torch.__version__}, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", {torch.get_num_threads()} threads, {args.precision}, median of {args.repeats} "
+        + ("compiled " if args.compile else "")
+        + "steps, timed alternately"
+    )
+    print(header)
+    lines = ["# Training step: NDM against DDPM", "", header, ""]
+    lines += step_table(args, device)
+    lines += ["", "# (F, dF/dt) of the learned transform, forward and backward", ""]
+    lines += derivative_table(args, device)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
