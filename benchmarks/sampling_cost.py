@@ -5,8 +5,8 @@
 2. Our DDIM loop against diffusers' ``DDIMScheduler`` loop around the same network, with
    ``F = x`` and the schedule of diffusers' ``alphas_cumprod`` table.
 3. The adaptive ODE sampler's NFE at several tolerances, NDM against DDPM.
-4. ODE NLL (Hutchinson) time per example and error against a tight reference, for several
-   tolerances and numbers of probes.
+4. ODE NLL (Hutchinson) time per example and error against a tighter reference (rtol =
+   atol = 1e-4, 8 probes), for several tolerances and numbers of probes.
 
 Tables 1 and 2 time untrained networks (time does not depend on the weights); 3 and 4 need
 trained runs, given by ``--ndm-run`` and ``--ddpm-run`` (image runs, e.g. those of
@@ -169,12 +169,12 @@ def nll_table(model: NDM, x: torch.Tensor, tolerances: list[float], probes: list
     dims = x[0].numel()
     began = time.perf_counter()
     reference, _ = model.nll(
-        x, divergence="hutchinson", rtol=1e-5, atol=1e-5, num_probes=max(probes) * 4,
+        x, divergence="hutchinson", rtol=1e-4, atol=1e-4, num_probes=max(probes) * 2,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     ref_seconds = time.perf_counter() - began
     lines = [
-        f"Reference: rtol = atol = 1e-5 with {max(probes) * 4} probes "
+        f"Reference: rtol = atol = 1e-4 with {max(probes) * 2} probes "
         f"({ref_seconds / x.shape[0]:.2f} s per example).",
         "",
         "| rtol = atol | probes | s / example | NFE | mean abs error, bits/dim |",
@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ndm-run", type=Path, default=None)
     parser.add_argument("--ddpm-run", type=Path, default=None)
-    parser.add_argument("--nll-examples", type=int, default=16)
+    parser.add_argument("--nll-examples", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -226,7 +226,7 @@ def main() -> None:
             splits.test[: args.nll_examples], splits.num_levels, torch.Generator().manual_seed(0)
         )
         lines += ["", f"## ODE NLL of NDM on {args.nll_examples} test images", ""]
-        lines += nll_table(models["NDM"], x, [1e-2, 1e-3, 1e-4], [1, 4])
+        lines += nll_table(models["NDM"], x, [1e-2, 1e-3], [1, 4])
     table = "\n".join(lines)
     if args.out:
         args.out.write_text(table + "\n")

@@ -134,7 +134,9 @@ class TrainConfig(_Section):
     device: str = _option(
         "auto", "torch device (auto: GPU if any)", check=("a torch device name", _is_device)
     )
-    precision: str = _option("fp32", "bf16: autocast the networks on a GPU", PRECISIONS)
+    precision: str = _option(
+        "fp32", "bf16: autocast the networks to bfloat16 (GPU or CPU)", PRECISIONS
+    )
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ def _step(
     parameters untouched, when the loss or the gradient is not finite."""
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
-    bf16 = cfg.train.precision == "bf16" and place.device.type == "cuda"
+    bf16 = cfg.train.precision == "bf16"
     for i, (x, generator) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not place.enabled else model.no_sync()

@@ -45,9 +45,20 @@ UNET_PRESETS: dict[str, UNetConfig] = {
 }
 
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 (or float64) on a contiguous input and returned in the
+    input's dtype; under bfloat16 autocast ``group_norm``'s forward-mode derivative needs
+    the contiguous float32 copy."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float64:
+            return super().forward(x)
+        return super().forward(x.float().contiguous()).to(x.dtype)
+
+
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
     """GroupNorm with the largest group count ``<= groups`` that divides ``channels``."""
-    return nn.GroupNorm(math.gcd(channels, groups), channels)
+    return GroupNorm32(math.gcd(channels, groups), channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:
