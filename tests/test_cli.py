@@ -18,13 +18,7 @@ RUN_FILES = {"checkpoint.pt", "config.json", "metrics.jsonl", "metrics.json"}
 FIGURES = {"samples.png", "transform.png", "trajectories.png"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny networks run fastest on one thread (and do not fight other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,7 @@ from ndm.config import (
 )
 from ndm.training import load_run, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny networks run fastest on one thread (and do not fight other processes)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny(steps: int = 6, **train: object) -> RunConfig:
