@@ -1,9 +1,10 @@
 """What sampling and likelihood cost: sampler overhead, diffusers' loop, ODE NFE, NLL accuracy.
 
-1. Seconds per step of each sampler against the bare network calls that step must make
-   (the predictor, and the transform at ``x_hat`` for NDM); the difference is overhead.
-2. Our DDIM loop against diffusers' ``DDIMScheduler`` loop around the same network, with
-   ``F = x`` and the schedule of diffusers' ``alphas_cumprod`` table.
+1. Seconds per step of each sampler, and the part of them spent inside the networks (the
+   predictor, and for NDM the transform at ``x_hat``, its JVP included), clocked around the
+   networks' calls in the same runs; the rest is the sampler's overhead.
+2. The same accounting for our DDIM loop and diffusers' ``DDIMScheduler`` loop around the
+   same network, with ``F = x`` and the schedule of diffusers' ``alphas_cumprod`` table.
 3. The adaptive ODE sampler's NFE at several tolerances, NDM against DDPM.
 4. ODE NLL (Hutchinson) time per example and error against a tighter reference (rtol =
    atol = 1e-4, 8 probes), for several tolerances and numbers of probes.
@@ -47,60 +48,66 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+class NetworkClock:
+    """Seconds spent inside the ``forward`` of the wrapped networks (tangents of a JVP
+    included, since they are computed in the same calls)."""
+
+    def __init__(self, *networks: torch.nn.Module) -> None:
+        self.seconds = 0.0
+        for network in networks:
+            network.forward = self._timed(network.forward)
+
+    def _timed(self, forward: Callable) -> Callable:
+        def timed(*args: object) -> object:
+            began = time.perf_counter()
+            out = forward(*args)
+            self.seconds += time.perf_counter() - began
+            return out
+
+        return timed
+
+
+def overhead_row(label: str, run: Callable[[], object], clock: NetworkClock, steps: int,
+                 repeats: int) -> str:  # fmt: skip
+    """``| label | s/step | network s/step | overhead |`` over ``repeats`` runs of ``run``:
+    the overhead is the time outside the networks, relative to the time inside them."""
+    run()
+    clock.seconds, began = 0.0, time.perf_counter()
+    for _ in range(repeats):
+        run()
+    total, inside = time.perf_counter() - began, clock.seconds
+    per_step = 1 / (repeats * steps)
+    return (
+        f"| {label} | {total * per_step:.4f} | {inside * per_step:.4f} | "
+        f"{100 * (total / inside - 1):+.1f}% |"
+    )
+
+
 @torch.no_grad()
-def overhead_rows(label: str, transform: str, batch: int, steps: int, repeats: int) -> list[str]:
-    """Rows of table 1 for one model."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(transform=transform, architecture="cpu16"), SHAPE, 256)
-    model.eval()
-    predictor, process = model.predictor, model.process
-    z = torch.randn(batch, *SHAPE)
-    t = torch.full((batch,), 0.5)
-    s = torch.full((batch,), 0.5 - 1 / steps)
-
-    def predictor_call() -> None:
-        predictor(z, t)
-
-    def posterior_calls() -> None:
-        process.transform_at(predictor(z, t), [s, t])
-
-    def drift_calls() -> None:
-        process.transform(predictor(z, t), t)
-
-    if transform == "identity":  # the transform is free: only the predictor is bare
-        posterior_calls = drift_calls = predictor_call
-    bare = {
-        "ddpm": posterior_calls,
-        "ddim": posterior_calls,
-        "sde": drift_calls,
-        "ode": drift_calls,
-    }
-    rows = []
-    for name, calls in bare.items():
-        sampler = get_sampler(name)
-        options = {"method": "euler"} if name == "ode" else {}
-
-        def run(sampler=sampler, options=options) -> None:
-            sampler(process, predictor, z, time_grid(steps), **options)
-
-        per_step = median_seconds(run, repeats) / steps
-        bare_seconds = median_seconds(calls, repeats)
-        label_name = "ode (euler)" if name == "ode" else name
-        rows.append(
-            f"| {label} | {label_name} | {per_step:.4f} | {bare_seconds:.4f} | "
-            f"{100 * (per_step / bare_seconds - 1):+.1f}% |"
-        )
-        print(rows[-1], flush=True)
-    return rows
-
-
 def overhead_table(batch: int, steps: int, repeats: int) -> list[str]:
     lines = [
-        f"| model | sampler | s/step (batch {batch}) | bare network calls s | overhead |",
-        "|---|---|---|---|---|",
+        f"| model, sampler | s/step (batch {batch}) | in the networks s/step | overhead |",
+        "|---|---|---|---|",
     ]
     for label, transform in (("DDPM", "identity"), ("NDM", "learned")):
-        lines += overhead_rows(label, transform, batch, steps, repeats)
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(transform=transform, architecture="cpu16"), SHAPE, 256)
+        model.eval()
+        networks = [model.predictor.net]
+        if transform == "learned":
+            networks.append(model.process.transform.net)
+        clock = NetworkClock(*networks)
+        z = torch.randn(batch, *SHAPE)
+        for name in ("ddpm", "ddim", "sde", "ode"):
+            sampler = get_sampler(name)
+            options = {"method": "euler"} if name == "ode" else {}
+
+            def run(sampler=sampler, options=options, model=model, z=z) -> None:
+                sampler(model.process, model.predictor, z, time_grid(steps), **options)
+
+            row_name = "ode (euler)" if name == "ode" else name
+            lines.append(overhead_row(f"{label}, {row_name}", run, clock, steps, repeats))
+            print(lines[-1], flush=True)
     return lines
 
 
@@ -116,6 +123,7 @@ def diffusers_table(batch: int, steps: int, repeats: int) -> list[str]:
     schedule = TableVPSchedule(scheduler.alphas_cumprod)
     model.process.schedule = model.predictor.schedule = schedule
     network = model.predictor.net.eval()
+    clock = NetworkClock(network)
     z = torch.randn(batch, *SHAPE)
 
     def theirs() -> None:
@@ -131,16 +139,11 @@ def diffusers_table(batch: int, steps: int, repeats: int) -> list[str]:
     def ours() -> None:
         get_sampler("ddim")(model.process, model.predictor, z, grid)
 
-    net_only = median_seconds(lambda: network(z, torch.full((batch,), 0.5)), repeats)
-    t_ours = median_seconds(ours, repeats) / steps
-    t_theirs = median_seconds(theirs, repeats) / steps
     lines = [
-        f"| DDIM loop, {steps} steps, batch {batch} | s/step | over the network call |",
-        "|---|---|---|",
-        f"| network call alone | {net_only:.4f} | |",
-        f"| ndm `ddim` sampler | {t_ours:.4f} | {100 * (t_ours / net_only - 1):+.1f}% |",
-        f"| diffusers `DDIMScheduler` loop | {t_theirs:.4f} | "
-        f"{100 * (t_theirs / net_only - 1):+.1f}% |",
+        f"| DDIM loop, {steps} steps, batch {batch} | s/step | in the network s/step | overhead |",
+        "|---|---|---|---|",
+        overhead_row("ndm `ddim` sampler", ours, clock, steps, repeats),
+        overhead_row("diffusers `DDIMScheduler` loop", theirs, clock, steps, repeats),
     ]
     print("\n".join(lines), flush=True)
     return lines
@@ -199,6 +202,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tables", nargs="+", choices=("overhead", "nfe", "nll"),
+                        default=["overhead", "nfe", "nll"])  # fmt: skip
     parser.add_argument("--ndm-run", type=Path, default=None)
     parser.add_argument("--ddpm-run", type=Path, default=None)
     parser.add_argument("--nll-examples", type=int, default=8)
@@ -207,26 +212,29 @@ def main() -> None:
     torch.manual_seed(0)
     header = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, U-Net cpu16 on "
-        f"16x16 images; median of {args.repeats}."
+        f"16x16 images; {args.repeats} repeats."
     )
-    lines = ["# Sampling and likelihood cost", "", header, "", "## Sampler overhead", ""]
-    lines += overhead_table(args.batch, args.steps, args.repeats)
-    lines += ["", "## Against diffusers", ""]
-    lines += diffusers_table(args.batch, args.steps, args.repeats)
-    if args.ndm_run and args.ddpm_run:
-        models = {
-            "NDM": load_run(args.ndm_run)[1].eval(),
-            "DDPM": load_run(args.ddpm_run)[1].eval(),
-        }
+    lines = ["# Sampling and likelihood cost", "", header]
+    if "overhead" in args.tables:
+        lines += ["", "## Sampler overhead", ""]
+        lines += overhead_table(args.batch, args.steps, args.repeats)
+        lines += ["", "## Against diffusers", ""]
+        lines += diffusers_table(args.batch, args.steps, args.repeats)
+    if {"nfe", "nll"} & set(args.tables) and not (args.ndm_run and args.ddpm_run):
+        parser.error("the nfe and nll tables need --ndm-run and --ddpm-run")
+    if "nfe" in args.tables:
+        models = {name: load_run(run)[1].eval() for name, run in
+                  (("NDM", args.ndm_run), ("DDPM", args.ddpm_run))}  # fmt: skip
         lines += ["", f"## Adaptive ODE sampler (dopri5), {args.batch} samples", ""]
         lines += nfe_table(models, args.batch, [1e-2, 1e-3, 1e-4, 1e-5])
-        cfg = load_run(args.ndm_run)[0]
+    if "nll" in args.tables:
+        cfg, model = load_run(args.ndm_run)
         splits = load_data(cfg.data)
         x = dequantise(
             splits.test[: args.nll_examples], splits.num_levels, torch.Generator().manual_seed(0)
         )
         lines += ["", f"## ODE NLL of NDM on {args.nll_examples} test images", ""]
-        lines += nll_table(models["NDM"], x, [1e-2, 1e-3], [1, 4])
+        lines += nll_table(model.eval(), x, [1e-2, 1e-3], [1, 4])
     table = "\n".join(lines)
     if args.out:
         args.out.write_text(table + "\n")

@@ -4,9 +4,11 @@ Both models share network size, batch and objective; their steps are timed alter
 one process (forward, backward and an Adam update), so the NDM/DDPM ratio is measured under
 the same conditions. Memory is the peak CUDA allocation on a GPU, and on a CPU the bytes of
 tensors saved for the backward pass (the part of a step's memory that grows with the batch).
-A second table times three ways of getting ``(F, dF/dt)`` of the learned transform with a
-backward pass through both: ``torch.func.jvp``, ``torch.autograd.forward_ad`` dual numbers and
-the double-backward trick. Usage::
+NDM runs with each way the library takes ``dF/dt`` in training (``torch.func.jvp``, the
+default, and the double-backward trick). A second table times three ways of getting
+``(F, dF/dt)`` of the learned transform with a backward pass through both, with the bytes
+each saves: ``torch.func.jvp``, ``torch.autograd.forward_ad`` dual numbers and the
+double-backward trick. Usage::
 
     python benchmarks/step_time.py                      # CPU: MLP and the U-Net presets
     python benchmarks/step_time.py --device cuda --precision bf16
@@ -111,39 +113,59 @@ def time_alternately(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def build(arch: str, shape: tuple[int, ...], transform: str, objective: str) -> NDM:
-    cfg = ModelConfig(transform=transform, architecture=arch, objective=objective)
+def build(
+    arch: str, shape: tuple[int, ...], transform: str, objective: str, derivative: str = "jvp"
+) -> NDM:
+    cfg = ModelConfig(
+        transform=transform,
+        architecture=arch,
+        objective=objective,
+        transform_derivative=derivative,
+    )
     return build_model(cfg, shape, None if len(shape) == 1 else 256)
 
 
+MODELS = {  # name: (transform, derivative of a learned transform)
+    "DDPM": ("identity", "jvp"),
+    "NDM": ("learned", "jvp"),
+    "NDM, double backward": ("learned", "double_backward"),
+}
+
+
 def step_table(args: argparse.Namespace, device: torch.device) -> list[str]:
-    lines = [
-        "| network | objective | batch | DDPM s/step | NDM s/step | NDM / DDPM | "
-        "DDPM memory MB | NDM memory MB |"
-        + (" DDPM compile + first step s | NDM compile + first step s |" if args.compile else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|---|" if args.compile else ""),
-    ]
+    ndm_names = [name for name in MODELS if name != "DDPM"]
+    columns = ["DDPM s/step"] + [f"{n} s/step | {n} / DDPM" for n in ndm_names]
+    columns += [f"{n} memory MB" for n in MODELS]
+    if args.compile:
+        columns += [f"{n} compile + first step s" for n in ("DDPM", "NDM")]
+    header = "| network | objective | batch | " + " | ".join(columns) + " |"
+    lines = [header, "|" + "---|" * header.count(" | ")]
     for name, arch, shape, batch in CASES:
         if args.only and arch not in args.only:
             continue
         for objective in args.objectives:
             torch.manual_seed(0)
             x = torch.rand(batch, *shape, device=device) * 2 - 1
-            models = {k: build(arch, shape, t, objective).to(device) for k, t in
-                      (("DDPM", "identity"), ("NDM", "learned"))}  # fmt: skip
-            if args.compile:
+            models = {
+                k: build(arch, shape, transform, objective, derivative).to(device)
+                for k, (transform, derivative) in MODELS.items()
+                if not (args.compile and derivative == "double_backward")
+            }
+            if args.compile:  # double backward does not run through a compiled network
                 for model in models.values():
                     model.compile()
             steps = {k: make_step(m, x, args.precision) for k, m in models.items()}
             first: dict[str, float] = {}
             seconds = time_alternately(steps, args.repeats, device, first)
             memory = {k: step_memory(m, x, args.precision) / 2**20 for k, m in models.items()}
-            lines.append(
-                f"| {name} | {objective} | {batch} | {seconds['DDPM']:.4f} | "
-                f"{seconds['NDM']:.4f} | {seconds['NDM'] / seconds['DDPM']:.2f} | "
-                f"{memory['DDPM']:.1f} | {memory['NDM']:.1f} |"
-                + (f" {first['DDPM']:.1f} | {first['NDM']:.1f} |" if args.compile else "")
-            )
+            cells = [f"{seconds['DDPM']:.4f}"]
+            for n in ndm_names:
+                ratio = seconds[n] / seconds["DDPM"] if n in seconds else None
+                cells += [f"{seconds[n]:.4f}", f"{ratio:.2f}"] if ratio else ["-", "-"]
+            cells += [f"{memory[n]:.1f}" if n in memory else "-" for n in MODELS]
+            if args.compile:
+                cells += [f"{first['DDPM']:.1f}", f"{first['NDM']:.1f}"]
+            lines.append(f"| {name} | {objective} | {batch} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     return lines
 
@@ -157,26 +179,28 @@ def derivative_by_forward_ad(transform: LearnedTransform, x: Tensor, t: Tensor):
     return primal, tangent
 
 
-def derivative_by_double_backward(transform: LearnedTransform, x: Tensor, t: Tensor):
-    t = t.detach().requires_grad_(True)
-    value = transform.value(x, t)
-    probe = torch.zeros_like(value, requires_grad=True)
-    (vjp,) = torch.autograd.grad(value, t, probe, create_graph=True)
-    (jvp,) = torch.autograd.grad(vjp, probe, torch.ones_like(t), create_graph=True)
-    return value, jvp
+def _with_method(derivative: str) -> Callable:
+    def value_and_derivative(transform: LearnedTransform, x: Tensor, t: Tensor):
+        transform.derivative = derivative
+        return transform(x, t)
+
+    return value_and_derivative
 
 
 def _value_and_derivative_step(
     strategy: Callable, transform: LearnedTransform, x: Tensor, t: Tensor, keep: list
 ) -> Callable[[], None]:
     """One call of ``strategy`` and a backward pass through ``F`` and ``dF/dt``; the
-    derivative is kept for comparison."""
+    derivative is kept for comparison, and the bytes saved for the backward pass."""
 
     def call() -> None:
+        saved = [0]
         try:
-            value, derivative = strategy(transform, x, t)
-            (value.square().sum() + derivative.square().sum()).backward()
-            keep[:] = [derivative.detach()]
+            with saved_tensor_bytes(saved):
+                value, derivative = strategy(transform, x, t)
+                loss = value.square().sum() + derivative.square().sum()
+            loss.backward()
+            keep[:] = [derivative.detach(), saved[0]]
         except RuntimeError as error:  # reported in the table instead of the time
             keep[:] = [error]
 
@@ -185,14 +209,16 @@ def _value_and_derivative_step(
 
 def derivative_table(args: argparse.Namespace, device: torch.device) -> list[str]:
     strategies = {
-        "torch.func.jvp": lambda f, x, t: f(x, t),
+        "torch.func.jvp": _with_method("jvp"),
         "forward_ad": derivative_by_forward_ad,
-        "double backward": derivative_by_double_backward,
+        "double backward": _with_method("double_backward"),
     }
-    lines = [
-        "| network | batch | " + " | ".join(f"{s} s" for s in strategies) + " | max abs diff |",
-        "|---|---|" + "---|" * (len(strategies) + 1),
-    ]
+    header = (
+        "| network | batch | "
+        + " | ".join(f"{s} s | {s} MB" for s in strategies)
+        + " | max abs diff |"
+    )
+    lines = [header, "|" + "---|" * header.count(" | ")]
     for name, arch, shape, batch in CASES:
         if args.only and arch not in args.only:
             continue
@@ -216,7 +242,10 @@ def derivative_table(args: argparse.Namespace, device: torch.device) -> list[str
         reference = kept["torch.func.jvp"][0]
         works = [k for k in strategies if isinstance(kept[k][0], Tensor)]
         diff = max(float((kept[k][0] - reference).abs().max()) for k in works)
-        cells = [f"{seconds[k]:.4f}" if k in works else "fails" for k in strategies]
+        cells = [
+            f"{seconds[k]:.4f} | {kept[k][1] / 2**20:.1f}" if k in works else "fails | -"
+            for k in strategies
+        ]
         lines.append(f"| {name} | {batch} | " + " | ".join(cells) + f" | {diff:.1e} |")
         print(lines[-1], flush=True)
     return lines

@@ -51,7 +51,8 @@ def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
     process starts as DDPM's; ``"identity"``: ``F = x`` (the DDPM baseline); ``"blur"``:
     the fixed blurring transform of soft / blurring diffusion."""
     if cfg.transform == "learned":
-        return LearnedTransform(build_network(cfg, shape, zero_init_output=True))
+        network = build_network(cfg, shape, zero_init_output=True)
+        return LearnedTransform(network, cfg.transform_derivative)
     if cfg.transform == "blur":
         if len(shape) != 3:
             raise ValueError(f"the blur transform takes images [C, H, W], not shape {shape}")

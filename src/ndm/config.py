@@ -24,6 +24,7 @@ from ndm.predictors import PARAMETERISATIONS
 from ndm.samplers import SAMPLERS
 from ndm.schedules import SCHEDULES
 from ndm.timesampling import TIME_SAMPLINGS
+from ndm.transforms import DERIVATIVES
 
 TRANSFORMS = ("learned", "identity", "blur")
 ARCHITECTURES = ("auto", "mlp", *UNET_PRESETS)
@@ -79,6 +80,12 @@ class ModelConfig(_Section):
     """Forward process, networks and training objective."""
 
     transform: str = _option("learned", "data transform F_phi(x, t)", TRANSFORMS)
+    transform_derivative: str = _option(
+        "jvp",
+        "dF/dt of a learned transform in training: jvp, or double_backward (faster on small "
+        "U-Nets, more memory)",
+        DERIVATIVES,
+    )
     architecture: str = _option(
         "auto",
         "network of x_theta and F_phi (auto: MLP for points, CPU U-Net for images)",

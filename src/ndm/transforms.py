@@ -2,8 +2,11 @@
 
 A transform returns its value and its time derivative together:
 ``transform(x, t) -> (F(x, t), dF/dt(x, t))`` with ``x`` of shape ``[B, ...]`` and ``t`` of
-shape ``[B]``. The derivative is one forward-mode Jacobian-vector product in ``t``
-(tangent 1) unless a subclass knows it in closed form. Every transform satisfies
+shape ``[B]``. Unless a subclass knows it in closed form, the derivative is the
+Jacobian-vector product ``J 1`` with ``J = dF/dt``, by one ``torch.func.jvp``, or, when
+autograd records (training) and the transform's ``derivative`` is ``"double_backward"``, by
+the double-backward trick: faster through the small U-Nets, with more memory saved for the
+backward pass (``benchmarks/step_time.py``). Every transform satisfies
 ``F(x, 0) = x`` so that the decoder ``p(x | z_0)`` stays standard.
 """
 
@@ -20,16 +23,39 @@ def _per_example(t: Tensor, like: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+DERIVATIVES = ("jvp", "double_backward")
+
+
 class Transform(nn.Module):
     """Base class. Subclasses implement :meth:`value`; ``forward`` adds ``dF/dt``."""
+
+    derivative: str = "jvp"
 
     def value(self, x: Tensor, t: Tensor) -> Tensor:  # pragma: no cover - abstract
         """``F(x, t)``, shape of ``x``."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(F(x, t), dF/dt(x, t))`` by one ``torch.func.jvp`` in ``t``."""
+        """``(F(x, t), dF/dt(x, t))``, both ``[B, ...]``; differentiable when autograd records."""
+        recording = torch.is_grad_enabled() and not t.requires_grad
+        if recording and self.derivative == "double_backward":
+            return self._value_and_derivative_by_double_backward(x, t)
         return torch.func.jvp(lambda time: self.value(x, time), (t,), (torch.ones_like(t),))
+
+    def _value_and_derivative_by_double_backward(
+        self, x: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``J 1`` as ``d/du (J^T u)`` at any ``u``: the vector-Jacobian product
+        ``J^T u = d<F, u>/dt`` ``[B]`` is linear in ``u [B, ...]``, so its gradient in ``u``
+        along ``1`` is ``J 1``. Both gradients keep their graphs for the training backward."""
+        t = t.detach().requires_grad_(True)
+        value = self.value(x, t)
+        probe = torch.zeros_like(value, requires_grad=True)
+        (vjp,) = torch.autograd.grad(value, t, probe, create_graph=True, allow_unused=True)
+        if vjp is None:  # F does not depend on t
+            return value, torch.zeros_like(value)
+        (jvp,) = torch.autograd.grad(vjp, probe, torch.ones_like(t), create_graph=True)
+        return value, jvp
 
     @property
     def is_learned(self) -> bool:
@@ -74,12 +100,17 @@ class LearnedTransform(Transform):
     """``F_phi(x, t) = x + t NN_phi(x, t)`` for any network ``NN(x [B, ...], t [B]) -> [B, ...]``.
 
     ``F(x, 0) = x`` holds by construction for every ``phi``. Initialise the network's last
-    layer at zero to start from the identity (the DDPM forward process).
+    layer at zero to start from the identity (the DDPM forward process). ``derivative``
+    (one of :data:`DERIVATIVES`) chooses how ``dF/dt`` is taken in training.
     """
 
-    def __init__(self, net: Callable[[Tensor, Tensor], Tensor] | nn.Module):
+    def __init__(
+        self, net: Callable[[Tensor, Tensor], Tensor] | nn.Module, derivative: str = "jvp"
+    ):
         super().__init__()
-        self.net = net
+        if derivative not in DERIVATIVES:
+            raise ValueError(f"unknown derivative {derivative!r}; choose one of {DERIVATIVES}")
+        self.net, self.derivative = net, derivative
 
     def value(self, x: Tensor, t: Tensor) -> Tensor:
         return x + _per_example(t, x) * self.net(x, t)
