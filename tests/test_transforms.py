@@ -51,3 +51,13 @@ def test_learned_transform_gradients_flow_through_jvp():
     (value.sum() + derivative.pow(2).sum()).backward()
     grads = [p.grad for p in transform.parameters()]
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_jvp_accepts_expanded_times():
+    """``t.expand(B)`` shares one memory location; the jvp in ``t`` must copy it."""
+    transform = _learned()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    expanded, repeated = transform(x, t.expand(4)), transform(x, t.repeat(4))
+    for a, b in zip(expanded, repeated, strict=True):
+        torch.testing.assert_close(a, b)

@@ -29,6 +29,8 @@ class Transform(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(F(x, t), dF/dt(x, t))`` by one ``torch.func.jvp`` in ``t``."""
+        # jvp cannot attach a tangent to a tensor with repeated memory (``t.expand(B)``).
+        t = t.contiguous()
         return torch.func.jvp(lambda time: self.value(x, time), (t,), (torch.ones_like(t),))
 
     @property
