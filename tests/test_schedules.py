@@ -96,6 +96,15 @@ def test_learned_schedule_endpoints_pinned_and_monotone_for_any_parameters():
         assert bool((sched(grid).gamma.diff() > 0).all())
 
 
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_expanded_times_give_the_values_of_repeated_times(name):
+    """``t.expand(B)`` shares one memory location; the learned schedule's jvp must copy it."""
+    t = torch.tensor(0.3, dtype=torch.float64)
+    expanded, repeated = ALL[name](t.expand(4)), ALL[name](t.repeat(4))
+    for field in ("alpha", "sigma", "gamma", "d_gamma"):
+        torch.testing.assert_close(getattr(expanded, field), getattr(repeated, field))
+
+
 def test_learned_schedule_is_trainable():
     sched = LearnedVPSchedule(hidden=8)
     sched(torch.rand(16)).gamma.sum().backward()

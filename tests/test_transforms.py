@@ -76,3 +76,13 @@ def test_parameter_gradients_of_double_backward_equal_those_of_jvp():
 def test_unknown_derivative_method_is_refused():
     with pytest.raises(ValueError, match="unknown derivative 'finite'"):
         LearnedTransform(TimeMLP(2, hidden=8, depth=1), "finite")
+
+
+def test_jvp_accepts_expanded_times():
+    """``t.expand(B)`` shares one memory location; the jvp in ``t`` must copy it."""
+    transform = _learned()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    expanded, repeated = transform(x, t.expand(4)), transform(x, t.repeat(4))
+    for a, b in zip(expanded, repeated, strict=True):
+        torch.testing.assert_close(a, b)

@@ -31,11 +31,18 @@ from ndm.schedules import (
     TableVPSchedule,
     make_schedule,
 )
+from ndm.special_cases import (
+    SPECIAL_CASES,
+    SpecialCase,
+    special_case_config,
+    special_case_flags,
+)
 from ndm.transforms import AffineTransform, IdentityTransform, LearnedTransform, Transform
 
 __all__ = [
     "NDM",
     "SAMPLERS",
+    "SPECIAL_CASES",
     "AffineTransform",
     "CategoricalDecoder",
     "CosineSchedule",
@@ -49,6 +56,7 @@ __all__ = [
     "LossTerms",
     "NeuralDiffusion",
     "Predictor",
+    "SpecialCase",
     "TimeMLP",
     "Transform",
     "bits_per_dim",
@@ -61,5 +69,7 @@ __all__ = [
     "make_schedule",
     "ode_nll",
     "simple_noise_loss",
+    "special_case_config",
+    "special_case_flags",
     "time_grid",
 ]

@@ -220,6 +220,8 @@ class LearnedVPSchedule(VariancePreservingSchedule):
         return self.gamma_min + (self.gamma_max - self.gamma_min) * fraction
 
     def gamma_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        # jvp cannot attach a tangent to a tensor with repeated memory (``t.expand(B)``).
+        t = t.contiguous()
         return torch.func.jvp(self._gamma, (t,), (torch.ones_like(t),))
 
 

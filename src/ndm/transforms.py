@@ -37,6 +37,8 @@ class Transform(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(F(x, t), dF/dt(x, t))``, both ``[B, ...]``; differentiable when autograd records."""
+        # jvp cannot attach a tangent to a tensor with repeated memory (``t.expand(B)``).
+        t = t.contiguous()
         recording = torch.is_grad_enabled() and not t.requires_grad
         if recording and self.derivative == "double_backward":
             return self._value_and_derivative_by_double_backward(x, t)
