@@ -56,6 +56,12 @@ def test_ot_cost_of_a_translation_is_the_squared_shift(dim):
     assert map_transport_cost(x, x + shift) == pytest.approx(expected, rel=1e-12)
 
 
+def test_emd_stopped_before_the_optimum_raises():
+    x, y = _randn(50, 2, seed=11), _randn(50, 2, seed=12)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="did not reach"):
+        ot_cost_emd(x, y, max_iterations=2)
+
+
 def test_map_cost_of_a_permuted_pairing_is_at_least_the_ot_cost():
     x, y = _randn(200, 2, seed=5), _randn(200, 2, seed=6) + 2.0
     assert map_transport_cost(x, y) > ot_cost_emd(x, y)
