@@ -6,12 +6,16 @@ import pytest
 import torch
 from scipy.integrate import quad
 
+from ndm.builders import build_model
+from ndm.config import ModelConfig
 from ndm.decoders import GaussianDecoder
 from ndm.model import NDM
 from ndm.nets.mlp import TimeMLP
 from ndm.objectives import (
     continuous_diffusion_integrand,
+    continuous_nelbo_terms,
     discrete_diffusion_term,
+    kinetic_energy_penalty,
     simple_noise_loss,
 )
 from ndm.predictors import Predictor
@@ -19,6 +23,7 @@ from ndm.process import NeuralDiffusion
 from ndm.schedules import CosineSchedule, LearnedVPSchedule, LinearVPSchedule
 from ndm.timesampling import TIME_SAMPLINGS, sample_times
 from ndm.transforms import IdentityTransform, LearnedTransform
+from tests.exact_gaussian import COV, MEAN, ExactGaussianPredictor, sample_data
 
 B = 32
 
@@ -172,3 +177,49 @@ def test_quantile_stratified_times_integrate_accurately(method):
     assert bool((t.diff() >= 0).all())
     estimate = float((torch.cos(3 * t) / density).mean())
     assert estimate == pytest.approx(math.sin(3) / 3, abs=1e-3)
+
+
+def test_kinetic_penalty_estimates_the_exact_gaussian_flow_energy(single_thread):
+    """F = x, Gaussian data N(mu, Sigma), exact predictor: the probability-flow velocity is
+    v = alpha' mu + V diag(c' / c) V^T (z - alpha mu) with c_k = sqrt(alpha^2 lam_k + sigma^2),
+    so E ||v(z_t, t)||^2 = alpha'^2 ||mu||^2 + sum_k c'_k^2 and the penalty's mean over
+    t ~ U[0, 1] is its integral over [0, 1]."""
+    schedule = CosineSchedule().double()
+    process = NeuralDiffusion(schedule, IdentityTransform())
+    predictor = ExactGaussianPredictor(schedule, IdentityTransform())
+    x = sample_data(20_000, seed=3)
+    penalty = kinetic_energy_penalty(process, predictor, x, torch.Generator().manual_seed(4))
+    lam = torch.linalg.eigvalsh(COV)
+
+    def energy(t: float) -> float:
+        v = schedule(torch.tensor([t], dtype=torch.float64))
+        c = (v.alpha**2 * lam + v.sigma**2).sqrt()
+        dc = (v.alpha * v.d_alpha * lam + v.sigma * v.d_sigma) / c
+        return float(v.d_alpha**2 * MEAN.pow(2).sum() + dc.pow(2).sum())
+
+    exact = quad(energy, 0, 1, limit=200)[0]
+    stderr = float(penalty.std()) / math.sqrt(penalty.numel())
+    assert abs(float(penalty.mean()) - exact) < 5 * stderr, (float(penalty.mean()), exact, stderr)
+
+
+def test_kinetic_weight_adds_exactly_the_weighted_penalty_to_the_loss(single_thread):
+    process, predictor = _model()
+    x = torch.randn(B, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    weight = 0.25
+    plain = NDM(process, predictor).loss(x, torch.Generator().manual_seed(9))
+    penalised = NDM(process, predictor, kinetic_weight=weight)
+    losses = penalised(x, torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    continuous_nelbo_terms(process, predictor, x, "importance", generator=g)  # the same draws
+    penalty = kinetic_energy_penalty(process, predictor, x, g)
+    torch.testing.assert_close(losses["kinetic"], penalty)
+    torch.testing.assert_close(losses["loss"] - plain, weight * penalty)
+    torch.testing.assert_close(
+        penalised.loss(x, torch.Generator().manual_seed(9)), plain + weight * penalty
+    )
+    assert "kinetic" not in NDM(process, predictor)(x)
+    assert build_model(ModelConfig(kinetic_weight=weight), (2,)).kinetic_weight == weight
+    with pytest.raises(ValueError, match="kinetic_weight must be non-negative"):
+        NDM(process, predictor, kinetic_weight=-1.0)
+    with pytest.raises(ValueError, match="kinetic_weight must be non-negative"):
+        ModelConfig(kinetic_weight=-1.0)

@@ -53,7 +53,13 @@ def no_temp_files(folder):
 def custom_config() -> RunConfig:
     return RunConfig(
         DataConfig(dataset="moons", n_train=300, n_test=40, seed=3),
-        ModelConfig(transform="identity", schedule="cosine", parameterisation="x", hidden=8),
+        ModelConfig(
+            transform="identity",
+            schedule="cosine",
+            parameterisation="x",
+            hidden=8,
+            kinetic_weight=0.5,
+        ),
         TrainConfig(steps=7, lr=1e-3, ema_decay=0.9, seed=5, device="cpu"),
         EvalConfig(n_eval=9, rtol=1e-4),
     )
@@ -72,7 +78,8 @@ def test_config_round_trip_through_argparse():
     add_config_arguments(parser, RunConfig)
     assert config_from_args(parser.parse_args([])) == RunConfig()
     argv = "--dataset moons --n-train 300 --n-test 40 --data-seed 3 --transform identity "
-    argv += "--schedule cosine --parameterisation x --hidden 8 --steps 7 --lr 1e-3 "
+    argv += "--schedule cosine --parameterisation x --hidden 8 --kinetic-weight 0.5 --steps 7 "
+    argv += "--lr 1e-3 "
     argv += "--ema-decay 0.9 --train-seed 5 --device cpu --n-eval 9 --rtol 1e-4"
     assert config_from_args(parser.parse_args(argv.split())) == custom_config()
     # flags not given keep the values of the base config

@@ -74,4 +74,5 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], num_levels: int | None
         num_steps=cfg.num_steps,
         time_sampling=cfg.time_sampling,
         decoder=decoder,
+        kinetic_weight=cfg.kinetic_weight,
     )

@@ -98,6 +98,12 @@ class ModelConfig(_Section):
     objective: str = _option("continuous", "training objective", OBJECTIVES)
     num_steps: int = _option(1000, "steps T of the discrete objective", check=POSITIVE)
     time_sampling: str = _option("gamma", "p(t) of the continuous objective", TIME_SAMPLINGS)
+    kinetic_weight: float = _option(
+        0.0,
+        "weight lambda of the kinetic-energy penalty lambda E_t ||v(z_t, t)||^2 of the "
+        "probability-flow velocity added to the loss (0: none)",
+        check=NON_NEGATIVE,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -15,6 +15,7 @@ from ndm.objectives import (
     LossTerms,
     continuous_nelbo_terms,
     discrete_nelbo_terms,
+    kinetic_energy_penalty,
     simple_noise_loss,
 )
 from ndm.predictors import Predictor
@@ -30,6 +31,9 @@ class NDM(nn.Module):
 
     ``objective``: ``"continuous"`` (eq. 11, time drawn by ``time_sampling``), ``"discrete"``
     (eq. 9-10 with ``num_steps`` steps) or ``"simple"`` (noise loss, fixed transforms only).
+    ``kinetic_weight`` ``lambda >= 0`` adds ``lambda E_t ||v(z_t, t)||^2``, the kinetic energy
+    of the probability-flow velocity (:func:`ndm.objectives.kinetic_energy_penalty`), to the
+    training loss; the NELBO terms and :meth:`nelbo` do not include it.
     """
 
     def __init__(
@@ -40,8 +44,11 @@ class NDM(nn.Module):
         num_steps: int = 1000,
         time_sampling: str = "importance",
         decoder: Decoder | None = None,
+        kinetic_weight: float = 0.0,
     ):
         super().__init__()
+        if kinetic_weight < 0:
+            raise ValueError(f"kinetic_weight must be non-negative, got {kinetic_weight}")
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
         if time_sampling not in TIME_SAMPLINGS:
@@ -56,20 +63,29 @@ class NDM(nn.Module):
         self.process, self.predictor = process, predictor
         self.objective, self.num_steps, self.time_sampling = objective, num_steps, time_sampling
         self.decoder = decoder or GaussianDecoder()
+        self.kinetic_weight = kinetic_weight
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Training losses per example ``[B]``: ``loss``, and for the NELBO objectives its
-        ``prior``, ``diffusion`` and ``reconstruction`` terms (what DDP wraps)."""
+        """Training losses per example ``[B]``: ``loss``, for the NELBO objectives its
+        ``prior``, ``diffusion`` and ``reconstruction`` terms, and with a kinetic weight the
+        ``kinetic`` penalty before weighting (what DDP wraps). The penalty draws its time
+        and noise from ``generator`` after the objective's draws."""
         if self.objective == "simple":
-            return {"loss": simple_noise_loss(self.process, self.predictor, x, generator)}
-        terms = self.loss_terms(x, generator)
-        return {"loss": terms.total} | {k: v for k, v in terms.as_dict().items() if k != "total"}
+            losses = {"loss": simple_noise_loss(self.process, self.predictor, x, generator)}
+        else:
+            terms = self.loss_terms(x, generator)
+            losses = {"loss": terms.total}
+            losses |= {k: v for k, v in terms.as_dict().items() if k != "total"}
+        if self.kinetic_weight > 0:
+            kinetic = kinetic_energy_penalty(self.process, self.predictor, x, generator)
+            losses["loss"] = losses["loss"] + self.kinetic_weight * kinetic
+            losses["kinetic"] = kinetic
+        return losses
 
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Per-example training loss ``[B]``: the NELBO estimate, or the simple noise loss."""
-        if self.objective == "simple":
-            return simple_noise_loss(self.process, self.predictor, x, generator)
-        return self.loss_terms(x, generator).total
+        """Per-example training loss ``[B]``: the NELBO estimate or the simple noise loss,
+        plus ``kinetic_weight`` times the kinetic-energy penalty."""
+        return self(x, generator)["loss"]
 
     def loss_terms(self, x: Tensor, generator: torch.Generator | None = None) -> LossTerms:
         """One-sample NELBO estimate, named terms in nats per example."""

@@ -10,6 +10,10 @@ step per example. Continuous time (eq. 11 with the sign and the ``1/2`` of math.
     L_diff = E_{t ~ p(t)} || f(z_t, x, t) - f(z_t, x_hat, t) ||^2 / (2 g^2(t) p(t))
 
 with the reverse SDE drift ``f`` of :mod:`ndm.process` and ``nu = gamma``.
+
+An optional penalty, not part of the NELBO: the kinetic energy of the probability-flow
+velocity ``v(z, t) = f(z, x_hat(z, t), t)`` (``nu`` constant) along the forward marginals,
+``E_{t ~ U[0, 1]} E_{z_t ~ q(z_t | x)} ||v(z_t, t)||^2``.
 """
 
 from __future__ import annotations
@@ -136,6 +140,22 @@ def continuous_nelbo_terms(
         diffusion,
         reconstruction_nll(process, x, decoder or GaussianDecoder(), generator),
     )
+
+
+def kinetic_energy_penalty(
+    process: NeuralDiffusion,
+    predictor: Predictor,
+    x: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``||v(z_t, t)||^2`` per example ``[B]`` at one ``t ~ U[0, 1]`` and ``z_t ~ q(z_t | x)``,
+    ``v`` the probability-flow velocity of the model: an unbiased estimate of
+    ``int_0^1 E ||v(z_t, t)||^2 dt``. Its gradient reaches the predictor and the transform."""
+    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    z_t, _ = process.marginal(x, t, noise)
+    velocity = process.drift(z_t, predictor(z_t, t), t, stochastic=False)
+    return velocity.flatten(1).pow(2).sum(1)
 
 
 def simple_noise_loss(
