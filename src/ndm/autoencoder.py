@@ -117,7 +117,8 @@ class GaussianEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_std = self.net(x).chunk(2, dim=1)
-        return mean, log_std
+        # contiguous: the JVP of a learned transform through GroupNorm needs it in float64
+        return mean.contiguous(), log_std.contiguous()
 
 
 class LogisticDecoderNet(nn.Module):
