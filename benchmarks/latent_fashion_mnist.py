@@ -74,21 +74,21 @@ MODELS = (("latent diffusion (F = y)", "identity"), ("latent NDM (learned F)", "
 def _config(args: argparse.Namespace, transform: str) -> RunConfig:
     p = PRESETS[args.preset]
     return RunConfig(
-        DataConfig(dataset=p["dataset"], path=args.path, resolution=p["resolution"]),
-        ModelConfig(
+        data=DataConfig(dataset=p["dataset"], path=args.path, resolution=p["resolution"]),
+        model=ModelConfig(
             transform=transform,
             architecture=p["architecture"],
             objective="continuous",
             time_sampling="gamma",
         ),
-        LatentConfig(
+        latent=LatentConfig(
             latent_mode=p["latent_mode"],
             latent_channels=p["latent_channels"],
             latent_downsample=p["latent_downsample"],
             latent_hidden=p["latent_hidden"],
             autoencoder_steps=p["autoencoder_steps"],
         ),
-        TrainConfig(
+        train=TrainConfig(
             steps=args.steps or p["steps"],
             batch_size=p["batch_size"],
             lr=p["lr"],
@@ -99,7 +99,7 @@ def _config(args: argparse.Namespace, transform: str) -> RunConfig:
             device="auto",
             precision=p["precision"],
         ),
-        EvalConfig(
+        eval=EvalConfig(
             n_eval=p["n_eval"],
             rtol=1e-3,
             atol=1e-3,

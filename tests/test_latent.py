@@ -255,9 +255,9 @@ def test_bits_per_dim_divide_by_the_data_dimension():
         ),
         (
             lambda: RunConfig(
-                DataConfig("digits"),
-                ModelConfig(transform="identity", objective="simple"),
-                LatentConfig(latent_mode="end_to_end"),
+                data=DataConfig("digits"),
+                model=ModelConfig(transform="identity", objective="simple"),
+                latent=LatentConfig(latent_mode="end_to_end"),
             ),
             "objective 'simple'",
         ),

@@ -1,7 +1,7 @@
 """Run configuration: frozen dataclasses that hold every default of a training run.
 
-A :class:`RunConfig` has five sections (``data``, ``model``, ``latent``, ``train``,
-``eval``). Each
+A :class:`RunConfig` has five sections (``data``, ``model``, ``train``, ``eval``,
+``latent``). Each
 field carries its help text, its valid choices or a range check in ``metadata``; the same
 metadata validates values on construction and generates the command-line flags
 (:func:`add_config_arguments`). A flag is ``--field-name``, or ``--section-field-name``
@@ -215,13 +215,13 @@ class EvalConfig(_Section):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A whole run: data, model, latent, training and evaluation sections."""
+    """A whole run: data, model, training, evaluation and latent sections."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    latent: LatentConfig = field(default_factory=LatentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
 
     def __post_init__(self) -> None:
         image = is_image_dataset(self.data.dataset)
