@@ -19,7 +19,14 @@ from ndm.autoencoder import (
 from ndm.builders import build_latent_model
 from ndm.checkpoint import load_checkpoint, save_checkpoint
 from ndm.cli import main
-from ndm.config import DataConfig, EvalConfig, LatentConfig, ModelConfig, RunConfig
+from ndm.config import (
+    DataConfig,
+    EvalConfig,
+    LatentConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 from ndm.data.images import DIGITS_LEVELS, digits_split, to_model_space
 from ndm.data.loading import load_splits
 from ndm.evaluation import evaluate_latent
@@ -27,7 +34,7 @@ from ndm.latent import LatentNDM, stage_at
 from ndm.model import NDM
 from ndm.process import NeuralDiffusion
 from ndm.schedules import LinearVPSchedule
-from ndm.training import load_run
+from ndm.training import load_run, train
 from ndm.transforms import IdentityTransform
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -351,3 +358,30 @@ def test_a_run_of_the_other_kind_is_refused(latent_run, pixel_run, tmp_path, cap
     assert main([*args, "--latent-mode", "two_stage"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "latent.latent_mode" in err[0], err
+
+
+def _latent_config(steps: int) -> RunConfig:
+    return RunConfig(
+        data=DataConfig("digits"),
+        model=ModelConfig(objective="discrete", num_steps=10),
+        train=TrainConfig(
+            steps=steps, batch_size=8, warmup_steps=5, checkpoint_every=2, log_every=1
+        ),
+        latent=LatentConfig(
+            latent_mode="end_to_end", latent_channels=2, latent_hidden=8, autoencoder_steps=2
+        ),
+    )
+
+
+def test_resume_across_the_stage_change_equals_an_uninterrupted_run(tmp_path):
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    train(_latent_config(2), split)
+    train(_latent_config(4), split, resume=True)
+    train(_latent_config(4), whole)
+    a, b = load_checkpoint(split / "checkpoint.pt"), load_checkpoint(whole / "checkpoint.pt")
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][name], b[key][name]) for name in b[key])
+    lines = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    # the warmup (5 steps) starts again with the second stage
+    lr = _latent_config(4).train.lr
+    assert [line["lr"] for line in lines] == pytest.approx([lr / 5, 2 * lr / 5] * 2)
