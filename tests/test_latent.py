@@ -385,3 +385,15 @@ def test_resume_across_the_stage_change_equals_an_uninterrupted_run(tmp_path):
     # the warmup (5 steps) starts again with the second stage
     lr = _latent_config(4).train.lr
     assert [line["lr"] for line in lines] == pytest.approx([lr / 5, 2 * lr / 5] * 2)
+
+
+def test_bf16_autocast_trains_a_latent_run_with_a_float32_decoder(tmp_path):
+    model = tiny_model().float()
+    with torch.autocast("cpu", torch.bfloat16):
+        mean, log_scale = model.autoencoder.decoder(torch.randn(2, 2, 4, 4))
+    assert mean.dtype == log_scale.dtype == torch.float32
+    run = tmp_path / "bf16"
+    args = ["train", "--run-dir", str(run), *TINY, "--precision", "bf16", "--fid-samples", "0"]
+    assert main([*args, "--transform", "learned", "--latent-mode", "end_to_end"]) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all(math.isfinite(line["loss"]) for line in lines)

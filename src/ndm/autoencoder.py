@@ -123,7 +123,9 @@ class GaussianEncoder(nn.Module):
 
 class LogisticDecoderNet(nn.Module):
     """``y [B, c, h, w] -> (m, log s)`` of the discretised logistic, each ``[B, C, h 2^k, w 2^k]``;
-    ``log s`` is kept above :data:`LOG_SCALE_MIN` by a softplus."""
+    ``log s`` is kept above :data:`LOG_SCALE_MIN` by a softplus. The output layer runs outside
+    any autocast, in the precision of its weights: a bfloat16 mean would be coarser than the
+    bins of 8-bit data."""
 
     def __init__(self, out_channels: int, latent_channels: int, upsample: int, hidden: int):
         super().__init__()
@@ -135,12 +137,14 @@ class LogisticDecoderNet(nn.Module):
                 nn.Conv2d(hidden, hidden, 3, padding=1),
             ]
         layers += [_ResConv(hidden), _norm(hidden, 8), nn.SiLU()]
-        layers.append(nn.Conv2d(hidden, 2 * out_channels, 3, padding=1))
         self.net = nn.Sequential(*layers)
+        self.out = nn.Conv2d(hidden, 2 * out_channels, 3, padding=1)
 
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        mean, raw = self.net(y).chunk(2, dim=1)
-        return mean, LOG_SCALE_MIN + F.softplus(raw - LOG_SCALE_MIN)
+        h = self.net(y)
+        with torch.autocast(h.device.type, enabled=False):
+            mean, raw = self.out(h.to(self.out.weight.dtype)).chunk(2, dim=1)
+            return mean, LOG_SCALE_MIN + F.softplus(raw - LOG_SCALE_MIN)
 
 
 class Autoencoder(nn.Module):
