@@ -1,11 +1,11 @@
 """Run configuration: frozen dataclasses that hold every default of a training run.
 
 A :class:`RunConfig` has five sections (``data``, ``model``, ``train``, ``eval``,
-``latent``). Each
-field carries its help text, its valid choices or a range check in ``metadata``; the same
-metadata validates values on construction and generates the command-line flags
-(:func:`add_config_arguments`). A flag is ``--field-name``, or ``--section-field-name``
-when the field name occurs in more than one section (``--data-seed``, ``--train-seed``).
+``latent``). Each field carries its help text, its valid choices or a range check in
+``metadata``; the same metadata validates values on construction and generates the
+command-line flags (:func:`add_config_arguments`). A flag is ``--field-name``, or
+``--section-field-name`` when the field name occurs in more than one section
+(``--data-seed``, ``--train-seed``).
 """
 
 from __future__ import annotations
