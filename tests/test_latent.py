@@ -3,6 +3,7 @@ stages, and latent runs through the command line."""
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -392,8 +393,10 @@ def test_bf16_autocast_trains_a_latent_run_with_a_float32_decoder(tmp_path):
     with torch.autocast("cpu", torch.bfloat16):
         mean, log_scale = model.autoencoder.decoder(torch.randn(2, 2, 4, 4))
     assert mean.dtype == log_scale.dtype == torch.float32
-    run = tmp_path / "bf16"
-    args = ["train", "--run-dir", str(run), *TINY, "--precision", "bf16", "--fid-samples", "0"]
-    assert main([*args, "--transform", "learned", "--latent-mode", "end_to_end"]) == 0
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    cfg = _latent_config(4)
+    cfg = replace(cfg, train=replace(cfg.train, precision="bf16"))
+    train(cfg, tmp_path / "bf16")
+    lines = [
+        json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert len(lines) == 4 and all(math.isfinite(line["loss"]) for line in lines)
