@@ -4,7 +4,9 @@ Conventions: ``t`` in ``[0, 1]`` with ``t = 0`` the data side; ``t`` has shape `
 losses are per-example terms in nats; bits/dim via :func:`ndm.likelihood.bits_per_dim`.
 """
 
+from ndm.autoencoder import Autoencoder
 from ndm.decoders import CategoricalDecoder, GaussianDecoder
+from ndm.latent import LatentNDM
 from ndm.likelihood import (
     bits_per_dim,
     continuous_nelbo,
@@ -44,12 +46,14 @@ __all__ = [
     "SAMPLERS",
     "SPECIAL_CASES",
     "AffineTransform",
+    "Autoencoder",
     "CategoricalDecoder",
     "CosineSchedule",
     "FlowMatchingOTSchedule",
     "GaussianDecoder",
     "IdentityTransform",
     "LearnedTransform",
+    "LatentNDM",
     "LearnedVPSchedule",
     "LinearVPSchedule",
     "TableVPSchedule",

@@ -1,12 +1,15 @@
-"""Build an :class:`~ndm.model.NDM` from a :class:`~ndm.config.ModelConfig` and the data's shape."""
+"""Build an :class:`~ndm.model.NDM` from a :class:`~ndm.config.ModelConfig` and the data's shape,
+or a :class:`~ndm.latent.LatentNDM` from a whole :class:`~ndm.config.RunConfig`."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from ndm.autoencoder import Autoencoder
 from ndm.blur import BlurTransform
-from ndm.config import ModelConfig
+from ndm.config import LatentConfig, ModelConfig, RunConfig
 from ndm.decoders import CategoricalDecoder, GaussianDecoder
+from ndm.latent import LatentNDM
 from ndm.model import NDM
 from ndm.nets.mlp import TimeMLP
 from ndm.nets.unet import build_unet
@@ -15,7 +18,8 @@ from ndm.process import NeuralDiffusion
 from ndm.schedules import make_schedule
 from ndm.transforms import IdentityTransform, LearnedTransform, Transform
 
-CPU_UNET_BY_SIDE = {8: "cpu8", 16: "cpu16", 28: "cpu28"}
+# 4: the 4x4 latents of 8x8 images.
+CPU_UNET_BY_SIDE = {4: "cpu8", 8: "cpu8", 16: "cpu16", 28: "cpu28"}
 
 
 def architecture_for(cfg: ModelConfig, shape: tuple[int, ...]) -> str:
@@ -76,3 +80,35 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], num_levels: int | None
         decoder=decoder,
         kinetic_weight=cfg.kinetic_weight,
     )
+
+
+def build_latent_model(
+    model_cfg: ModelConfig, latent_cfg: LatentConfig, shape: tuple[int, ...], num_levels: int
+) -> LatentNDM:
+    """A latent NDM on images of ``shape = (C, H, W)`` with ``num_levels`` levels: the
+    convolutional autoencoder of ``latent_cfg`` and an NDM of ``model_cfg`` on its latents
+    ``(c, H / 2^k, W / 2^k)`` with the Gaussian decoder of continuous data."""
+    if len(shape) != 3:
+        raise ValueError(f"a latent NDM encodes images [C, H, W], not examples of shape {shape}")
+    autoencoder = Autoencoder.build(
+        shape,
+        latent_cfg.latent_channels,
+        latent_cfg.latent_downsample,
+        latent_cfg.latent_hidden,
+        num_levels,
+    )
+    factor = 2**latent_cfg.latent_downsample
+    latent_shape = (latent_cfg.latent_channels, shape[1] // factor, shape[2] // factor)
+    ndm = build_model(model_cfg, latent_shape)
+    return LatentNDM(autoencoder, ndm, shape, latent_shape, latent_cfg.latent_mode)
+
+
+def build_run_model(
+    cfg: RunConfig, shape: tuple[int, ...], num_levels: int | None = None
+) -> NDM | LatentNDM:
+    """The model of a run: a latent NDM when ``cfg.latent`` asks for one, else an NDM."""
+    if cfg.latent.enabled:
+        if num_levels is None:
+            raise ValueError("a latent NDM needs discrete images (num_levels)")
+        return build_latent_model(cfg.model, cfg.latent, shape, num_levels)
+    return build_model(cfg.model, shape, num_levels)

@@ -27,8 +27,15 @@ from ndm.config import (
 )
 from ndm.data.loading import Splits, model_input
 from ndm.distributed import init_distributed
-from ndm.evaluation import evaluate, fid_features, sample_images, sample_quality
+from ndm.evaluation import (
+    evaluate,
+    evaluate_latent,
+    fid_features,
+    sample_images,
+    sample_quality,
+)
 from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predictions_from_noise
+from ndm.latent import LatentNDM
 from ndm.model import NDM
 from ndm.plots import plot_samples, plot_trajectories, plot_transform
 from ndm.samplers import ODE_METHODS, SAMPLERS
@@ -68,6 +75,12 @@ def _summary(metrics: dict) -> str:
         f"diffusion {metrics['nelbo_diffusion']:.4f}, "
         f"reconstruction {metrics['nelbo_reconstruction']:.4f})",
     ]
+    if "nelbo_decoder" in metrics:
+        lines[1] = lines[1][:-1] + (
+            f"; decoder -log p(x|y) {metrics['nelbo_decoder']:.4f}, "
+            f"encoder -H[q(y|x)] {metrics['nelbo_encoder']:.4f}; bits/dim of the data, "
+            f"latents of {metrics['latent_dims']} dimensions)"
+        )
     if metrics["entropy"] is not None:
         lines.append(
             f"data entropy {metrics['entropy']:.4f} nats ({metrics['entropy_bpd']:.4f} bits/dim)"
@@ -84,7 +97,7 @@ def _summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _report(model: NDM, cfg: RunConfig, run_dir: Path) -> dict:
+def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path) -> dict:
     """Write the figures and ``metrics.json`` of a trained run; return the metrics."""
     splits = load_data(cfg.data)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.train.seed)
@@ -102,10 +115,11 @@ def _report(model: NDM, cfg: RunConfig, run_dir: Path) -> dict:
         )
         test = model_input(splits.test, splits, None, augment=False)
         plot_image_samples(samples, test, run_dir / "samples.png")
-        plot_image_transform(model, test[:TRANSFORM_IMAGES], run_dir / "transform.png")
-        plot_predictions_from_noise(
-            {cfg.model.transform: model}, splits.shape, run_dir / "predictions.png"
-        )
+        if not isinstance(model, LatentNDM):  # a latent NDM's F and x_theta act on latents
+            plot_image_transform(model, test[:TRANSFORM_IMAGES], run_dir / "transform.png")
+            plot_predictions_from_noise(
+                {cfg.model.transform: model}, splits.shape, run_dir / "predictions.png"
+            )
     else:
         result = model.sample(
             (cfg.eval.n_samples, *splits.shape),
@@ -125,10 +139,14 @@ def _report(model: NDM, cfg: RunConfig, run_dir: Path) -> dict:
     return metrics
 
 
-def _metrics(model: NDM, cfg: RunConfig, splits: Splits) -> dict:
-    """Likelihoods on the test split, and FID when asked for on images."""
+def _metrics(model: NDM | LatentNDM, cfg: RunConfig, splits: Splits) -> dict:
+    """Likelihoods on the test split (the latent bound for a latent NDM), and FID when
+    asked for on images."""
     print(f"evaluating NLL and NELBO on {cfg.eval.n_eval} test examples", file=sys.stderr)
-    metrics = evaluate(model, splits, cfg.eval)
+    if isinstance(model, LatentNDM):
+        metrics = evaluate_latent(model, splits, cfg.eval)
+    else:
+        metrics = evaluate(model, splits, cfg.eval)
     if splits.is_image and cfg.eval.fid_samples:
         print(f"FID on {cfg.eval.fid_samples} samples", file=sys.stderr)
         features, info = fid_features(splits, cfg.eval, cfg.train.seed)
@@ -143,7 +161,9 @@ def _train(args: argparse.Namespace) -> None:
     base = load_run_config(args.run_dir) if args.resume else None
     cfg = config_from_args(args, base)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_dir = args.run_dir or Path("runs") / f"{cfg.data.dataset}-{cfg.model.transform}-{stamp}"
+    latent = "latent-" if cfg.latent.enabled else ""
+    name = f"{cfg.data.dataset}-{latent}{cfg.model.transform}-{stamp}"
+    run_dir = args.run_dir or Path("runs") / name
     model = train(cfg, run_dir, resume=args.resume)
     if not init_distributed(cfg.train.device).is_main:
         return

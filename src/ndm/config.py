@@ -1,10 +1,11 @@
 """Run configuration: frozen dataclasses that hold every default of a training run.
 
-A :class:`RunConfig` has four sections (``data``, ``model``, ``train``, ``eval``). Each
-field carries its help text, its valid choices or a range check in ``metadata``; the same
-metadata validates values on construction and generates the command-line flags
-(:func:`add_config_arguments`). A flag is ``--field-name``, or ``--section-field-name``
-when the field name occurs in more than one section (``--data-seed``, ``--train-seed``).
+A :class:`RunConfig` has five sections (``data``, ``model``, ``train``, ``eval``,
+``latent``). Each field carries its help text, its valid choices or a range check in
+``metadata``; the same metadata validates values on construction and generates the
+command-line flags (:func:`add_config_arguments`). A flag is ``--field-name``, or
+``--section-field-name`` when the field name occurs in more than one section
+(``--data-seed``, ``--train-seed``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, get_type_hints
 import torch
 
 from ndm.data.loading import ALL_DATASETS, is_image_dataset
+from ndm.latent import LATENT_MODES
 from ndm.likelihood import DIVERGENCES
 from ndm.model import OBJECTIVES
 from ndm.nets.unet import UNET_PRESETS
@@ -119,6 +121,49 @@ class ModelConfig(_Section):
             )
 
 
+@dataclass(frozen=True)
+class LatentConfig(_Section):
+    """A latent NDM (images only): the autoencoder, and how it is trained with the NDM.
+
+    ``latent_mode`` ``"none"`` is a pixel run. Otherwise the first ``autoencoder_steps`` steps
+    train the autoencoder as a VAE with a standard normal prior, then ``two_stage`` trains the
+    NDM on the frozen encoder's draws and ``end_to_end`` trains all parameters on the bound.
+    The ``model`` section then describes the NDM on the latents.
+    """
+
+    latent_mode: str = _option(
+        "none", "latent NDM training (none: pixel NDM)", ("none", *LATENT_MODES)
+    )
+    latent_channels: int = _option(4, "channels c of the latents", check=POSITIVE)
+    latent_downsample: int = _option(
+        1, "stride-2 steps of the encoder: latents [c, H / 2^k, W / 2^k]", check=NON_NEGATIVE
+    )
+    latent_hidden: int = _option(64, "width of the encoder and decoder networks", check=POSITIVE)
+    autoencoder_steps: int = _option(
+        1000, "first steps training the autoencoder alone (VAE, N(0, I) prior)", check=NON_NEGATIVE
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run is a latent NDM."""
+        return self.latent_mode != "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.enabled:
+            changed = [f.name for f in fields(self) if getattr(self, f.name) != f.default]
+            if changed:
+                raise ValueError(
+                    f"latent options {changed} need a latent NDM: give --latent-mode "
+                    f"({' or '.join(LATENT_MODES)})"
+                )
+        if self.latent_mode == "two_stage" and self.autoencoder_steps == 0:
+            raise ValueError(
+                "latent mode 'two_stage' freezes the autoencoder after its own steps: "
+                "autoencoder_steps must be positive"
+            )
+
+
 def _is_device(name: str) -> bool:
     if name == "auto":
         return True
@@ -183,12 +228,13 @@ class EvalConfig(_Section):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A whole run: data, model, training and evaluation sections."""
+    """A whole run: data, model, training, evaluation and latent sections."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
 
     def __post_init__(self) -> None:
         image = is_image_dataset(self.data.dataset)
@@ -204,6 +250,16 @@ class RunConfig:
             )
         if not image and self.model.transform == "blur":
             raise ValueError("transform 'blur' blurs images; it needs an image dataset")
+        if not image and self.latent.enabled:
+            raise ValueError(
+                f"a latent NDM encodes images; dataset {self.data.dataset!r} holds 2-D points: "
+                "drop the latent options or choose an image dataset"
+            )
+        if self.latent.enabled and self.model.objective == "simple":
+            raise ValueError(
+                "a latent NDM is trained on its bound; objective 'simple' is not one: use "
+                "'continuous' or 'discrete'"
+            )
 
 
 def _sections() -> dict[str, type]:

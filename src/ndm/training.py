@@ -12,6 +12,10 @@ grad_accum`` equal micro-batches; micro-batch ``k`` takes its noise from a gener
 ``(seed, step, k)``. Under ``torchrun`` the model is wrapped in DDP and process ``r`` takes
 micro-batches ``r * grad_accum ...``; only rank 0 writes the run folder. A run on one process
 with ``grad_accum = k`` therefore takes the same steps as ``k`` processes.
+
+A latent run (:mod:`ndm.latent`) trains its autoencoder alone for the first
+``autoencoder_steps`` steps; at the change of stage the EMA of the autoencoder restarts from
+its current weights and the learning-rate warmup starts again.
 """
 
 from __future__ import annotations
@@ -31,17 +35,19 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from ndm.builders import build_model
+from ndm.builders import build_run_model
 from ndm.checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
 from ndm.config import DataConfig, RunConfig, config_from_dict, config_to_dict
 from ndm.data.loading import Splits, load_splits, model_input
 from ndm.distributed import Distributed, init_distributed, mean_over_processes, shard_seed
+from ndm.latent import LatentNDM, stage_at
 from ndm.model import NDM
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 RUN_KEYS = ("config", "step", "model", "ema", "shape", "num_levels")
+MODEL_KINDS = ("pixel", "latent")
 
 
 def load_data(cfg: DataConfig) -> Splits:
@@ -73,12 +79,18 @@ def check_data(x: Tensor, num_levels: int | None = None) -> None:
         raise ValueError(f"training data holds NaN or inf values in {bad} of {x.shape[0]} rows")
 
 
-def _warmup(steps: int) -> Callable[[int], float]:
-    """LR factor rising linearly to 1 over the first ``steps`` steps."""
-    return lambda step: min(1.0, (step + 1) / steps) if steps > 0 else 1.0
+def _warmup(steps: int, restart: int = 0) -> Callable[[int], float]:
+    """LR factor rising linearly to 1 over the first ``steps`` steps, and again over the
+    ``steps`` steps from step ``restart`` on."""
+
+    def factor(step: int) -> float:
+        since = step - restart if step >= restart else step
+        return min(1.0, (since + 1) / steps) if steps > 0 else 1.0
+
+    return factor
 
 
-def _ema(model: NDM, decay: float) -> AveragedModel:
+def _ema(model: NDM | LatentNDM, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
@@ -102,7 +114,7 @@ def _check_resumable(
     saved, wanted = config_to_dict(config_from_dict(state["config"])), config_to_dict(cfg)
     changed = [
         f"{section}.{name}"
-        for section in ("data", "model")
+        for section in ("data", "model", "latent")
         for name, value in wanted[section].items()
         if saved[section][name] != value
     ]
@@ -141,7 +153,7 @@ def _micro_batches(cfg: RunConfig, place: Distributed) -> int:
 
 
 def _step(
-    model: NDM | DistributedDataParallel,
+    model: NDM | LatentNDM | DistributedDataParallel,
     optimizer: torch.optim.Optimizer,
     micro_batches: list[tuple[Tensor, torch.Generator]],
     cfg: RunConfig,
@@ -187,7 +199,7 @@ def _tensorboard(run_dir: Path) -> Any:
 
 def train(
     cfg: RunConfig, run_dir: str | Path, resume: bool = False, train_data: Tensor | None = None
-) -> NDM:
+) -> NDM | LatentNDM:
     """Train for ``cfg.train.steps`` steps in ``run_dir`` and return the EMA model.
 
     ``train_data`` (``[N, D]`` points) replaces the configured dataset. With ``resume``,
@@ -219,12 +231,14 @@ def train(
 
     device = place.device
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, shape, splits.num_levels).to(device)
+    model = build_run_model(cfg, shape, splits.num_levels).to(device)
+    latent = isinstance(model, LatentNDM)
     ema = _ema(model, cfg.train.ema_decay)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
-    scheduler = LambdaLR(optimizer, _warmup(cfg.train.warmup_steps))
+    stage_change = cfg.latent.autoencoder_steps if latent else 0
+    scheduler = LambdaLR(optimizer, _warmup(cfg.train.warmup_steps, stage_change))
     batches = torch.Generator().manual_seed(cfg.train.seed)
     start = 0
     if state is not None:
@@ -235,7 +249,10 @@ def train(
         batches.set_state(state["generator"])
         _set_rng_state(state["rng"], device)
         start = state["step"]
-    wrapped = DistributedDataParallel(model) if place.enabled else model
+    # a latent run leaves the NDM (first stage) or the autoencoder (two_stage) without gradients
+    wrapped = (
+        DistributedDataParallel(model, find_unused_parameters=latent) if place.enabled else model
+    )
 
     writer = None
     if place.is_main:
@@ -273,6 +290,10 @@ def train(
     )
     for step in progress:
         began = time.perf_counter()
+        if latent:
+            model.stage = stage_at(step, cfg.latent.autoencoder_steps)
+            if stage_change and step == stage_change + 1:
+                ema.module.autoencoder.load_state_dict(model.autoencoder.state_dict())
         index = torch.randint(data.shape[0], (cfg.train.batch_size,), generator=batches)
         micro_batches = []
         for m in range(cfg.train.grad_accum):
@@ -324,13 +345,33 @@ def _checkpoint_in(run_dir: str | Path) -> Path:
     return run_dir / CHECKPOINT
 
 
-def load_run(run_dir: str | Path) -> tuple[RunConfig, NDM]:
-    """``(config, model with the EMA weights)`` of the checkpoint in ``run_dir``."""
+def _kind(latent: bool) -> str:
+    return "latent" if latent else "pixel"
+
+
+def load_run(run_dir: str | Path, kind: str | None = None) -> tuple[RunConfig, NDM | LatentNDM]:
+    """``(config, model with the EMA weights)`` of the checkpoint in ``run_dir``.
+
+    ``kind`` (``"pixel"`` or ``"latent"``), when given, is the kind of model the caller
+    expects; a run of the other kind raises ``ValueError``, as does a checkpoint whose
+    weights are not of the kind its config describes.
+    """
+    if kind is not None and kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
     path = _checkpoint_in(run_dir)
     state = load_checkpoint(path, RUN_KEYS)
     try:
         cfg = config_from_dict(state["config"])
-        model = build_model(cfg.model, tuple(state["shape"]), state["num_levels"])
+        described = _kind(cfg.latent.enabled)
+        if kind is not None and kind != described:
+            raise ValueError(f"it holds a {described} NDM, not a {kind} NDM")
+        stored = _kind(any(key.startswith("module.autoencoder.") for key in state["ema"]))
+        if stored != described:
+            raise ValueError(
+                f"its config describes a {described} NDM but its weights are those of a "
+                f"{stored} NDM"
+            )
+        model = build_run_model(cfg, tuple(state["shape"]), state["num_levels"])
         ema = _ema(model, cfg.train.ema_decay)
         ema.load_state_dict(state["ema"])
     except (ValueError, TypeError, RuntimeError) as error:
