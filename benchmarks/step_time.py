@@ -139,7 +139,7 @@ def step_table(args: argparse.Namespace, device: torch.device) -> list[str]:
     if args.compile:
         columns += [f"{n} compile + first step s" for n in ("DDPM", "NDM")]
     header = "| network | objective | batch | " + " | ".join(columns) + " |"
-    lines = [header, "|" + "---|" * header.count(" | ")]
+    lines = [header, "|" + "---|" * (header.count(" | ") + 1)]
     for name, arch, shape, batch in CASES:
         if args.only and arch not in args.only:
             continue
@@ -218,7 +218,7 @@ def derivative_table(args: argparse.Namespace, device: torch.device) -> list[str
         + " | ".join(f"{s} s | {s} MB" for s in strategies)
         + " | max abs diff |"
     )
-    lines = [header, "|" + "---|" * header.count(" | ")]
+    lines = [header, "|" + "---|" * (header.count(" | ") + 1)]
     for name, arch, shape, batch in CASES:
         if args.only and arch not in args.only:
             continue
