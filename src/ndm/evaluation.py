@@ -35,6 +35,44 @@ def _mean_and_stderr(values: Tensor) -> tuple[float, float]:
     return float(values.mean()), stderr
 
 
+def likelihood_metrics(
+    nll: list[Tensor],
+    nfes: list[int],
+    divergence: str,
+    terms: dict[str, list[Tensor]],
+    dims: int,
+    nll_offset: float = 0.0,
+) -> dict:
+    """Means, standard errors and bits/dim (over ``dims`` data dimensions; ``nll_offset``
+    added to the NLL's) of per-batch NLLs ``[B]`` and NELBO terms ``[B]`` (``"total"`` among
+    them), in the keys of :func:`evaluate`."""
+
+    def bpd(nats: float, shift: float = 0.0) -> float:
+        return float(bits_per_dim(torch.tensor(nats), dims, shift))
+
+    terms = dict(terms)
+    nll_mean, nll_stderr = _mean_and_stderr(torch.cat(nll))
+    nelbo_mean, nelbo_stderr = _mean_and_stderr(torch.cat(terms.pop("total")))
+    metrics = {
+        "n_eval": int(torch.cat(nll).shape[0]),
+        "nll": nll_mean,
+        "nll_stderr": nll_stderr,
+        "nll_bpd": bpd(nll_mean, nll_offset),
+        "nll_bpd_stderr": bpd(nll_stderr),
+        "nll_nfe": sum(nfes) / len(nfes),
+        "nll_divergence": divergence,
+        "nelbo": nelbo_mean,
+        "nelbo_stderr": nelbo_stderr,
+        "nelbo_bpd": bpd(nelbo_mean),
+        "nelbo_bpd_stderr": bpd(nelbo_stderr),
+    }
+    for key, values in terms.items():
+        mean = float(torch.cat(values).mean())
+        metrics[f"nelbo_{key}"] = mean
+        metrics[f"nelbo_{key}_bpd"] = bpd(mean)
+    return metrics
+
+
 def evaluate(model: NDM, splits: Splits, cfg: EvalConfig) -> dict:
     """Likelihood metrics on the first ``cfg.n_eval`` test examples.
 
@@ -72,30 +110,11 @@ def evaluate(model: NDM, splits: Splits, cfg: EvalConfig) -> dict:
         for key, value in nelbo.as_dict().items():
             terms[key].append(value.detach())
 
-    def bpd(nats: float, shift: float = 0.0) -> float:
-        return float(bits_per_dim(torch.tensor(nats), dims, shift))
-
-    nll_mean, nll_stderr = _mean_and_stderr(torch.cat(nll))
-    nelbo_mean, nelbo_stderr = _mean_and_stderr(torch.cat(terms.pop("total")))
-    metrics = {
-        "n_eval": test.shape[0],
-        "nll": nll_mean,
-        "nll_stderr": nll_stderr,
-        "nll_bpd": bpd(nll_mean, offset),
-        "nll_bpd_stderr": bpd(nll_stderr),
-        "nll_nfe": sum(nfes) / len(nfes),
-        "nll_divergence": divergence,
-        "nelbo": nelbo_mean,
-        "nelbo_stderr": nelbo_stderr,
-        "nelbo_bpd": bpd(nelbo_mean),
-        "nelbo_bpd_stderr": bpd(nelbo_stderr),
-    }
-    for key, values in terms.items():
-        mean = float(torch.cat(values).mean())
-        metrics[f"nelbo_{key}"] = mean
-        metrics[f"nelbo_{key}_bpd"] = bpd(mean)
+    metrics = likelihood_metrics(nll, nfes, divergence, terms, dims, offset)
     metrics["entropy"] = splits.entropy
-    metrics["entropy_bpd"] = None if splits.entropy is None else bpd(splits.entropy)
+    metrics["entropy_bpd"] = (
+        None if splits.entropy is None else float(bits_per_dim(torch.tensor(splits.entropy), dims))
+    )
     return metrics
 
 
@@ -134,29 +153,8 @@ def evaluate_latent(model: LatentNDM, splits: Splits, cfg: EvalConfig) -> dict:
         for key, value in bound.as_dict().items():
             terms[key].append(value)
 
-    def bpd(nats: float) -> float:
-        return float(bits_per_dim(torch.tensor(nats), dims))
-
-    nll_mean, nll_stderr = _mean_and_stderr(torch.cat(nll))
-    nelbo_mean, nelbo_stderr = _mean_and_stderr(torch.cat(terms.pop("total")))
-    metrics = {
-        "n_eval": test.shape[0],
-        "latent_dims": math.prod(model.latent_shape),
-        "nll": nll_mean,
-        "nll_stderr": nll_stderr,
-        "nll_bpd": bpd(nll_mean),
-        "nll_bpd_stderr": bpd(nll_stderr),
-        "nll_nfe": sum(nfes) / len(nfes),
-        "nll_divergence": divergence,
-        "nelbo": nelbo_mean,
-        "nelbo_stderr": nelbo_stderr,
-        "nelbo_bpd": bpd(nelbo_mean),
-        "nelbo_bpd_stderr": bpd(nelbo_stderr),
-    }
-    for key, values in terms.items():
-        mean = float(torch.cat(values).mean())
-        metrics[f"nelbo_{key}"] = mean
-        metrics[f"nelbo_{key}_bpd"] = bpd(mean)
+    metrics = likelihood_metrics(nll, nfes, divergence, terms, dims)
+    metrics["latent_dims"] = math.prod(model.latent_shape)
     return metrics | {"entropy": None, "entropy_bpd": None}
 
 
