@@ -87,7 +87,7 @@ def _decode(process: NeuralDiffusion, z0: Tensor) -> Tensor:
 
 
 def _batch_time(t: Tensor, z: Tensor) -> Tensor:
-    return t.to(z.dtype).expand(z.shape[0]).clone()
+    return t.to(z.dtype).expand(z.shape[0])
 
 
 def _noise(z: Tensor, generator: torch.Generator | None) -> Tensor:
