@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ndm.cli import main
+from ndm.training import load_run
 
 TINY = (
     "--dataset digits --steps 2 --batch-size 8 --objective discrete --num-steps 10 "
@@ -51,11 +52,15 @@ def test_image_samples_lie_on_the_data_levels(image_run):
     assert set(levels.round().unique().tolist()) <= set(range(17))
 
 
-def test_blur_transform_trains_on_images(tmp_path):
-    run = tmp_path / "blur"
-    args = ["train", "--run-dir", str(run), *TINY, "--transform", "blur", "--fid-samples", "0"]
-    assert main(args) == 0
-    assert json.loads((run / "config.json").read_text())["model"]["transform"] == "blur"
+@pytest.mark.parametrize("transform", ["blur", "separable"])
+def test_blur_and_separable_transforms_train_on_images(tmp_path, transform):
+    run = tmp_path / transform
+    args = ["train", "--run-dir", str(run), *TINY, "--transform", transform, "--fid-samples", "0"]
+    assert main([*args, "--transform-basis", "3"]) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["transform"] == transform
+    _, model = load_run(run)
+    x = torch.rand(2, 1, 8, 8)
+    assert model.process.transform.value(x, torch.full((2,), 0.5)).sub(x).abs().max() > 0
 
 
 @pytest.mark.parametrize(

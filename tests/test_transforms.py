@@ -1,8 +1,17 @@
+import numpy as np
 import pytest
 import torch
+from numpy.polynomial import legendre
 
 from ndm.nets.mlp import TimeMLP
-from ndm.transforms import AffineTransform, IdentityTransform, LearnedTransform
+from ndm.transforms import (
+    AffineTransform,
+    IdentityTransform,
+    LearnedTransform,
+    SeparableTransform,
+    Transform,
+    legendre_basis,
+)
 from tests.exact_gaussian import MATRIX, SHIFT
 
 
@@ -86,3 +95,61 @@ def test_jvp_accepts_expanded_times():
     expanded, repeated = transform(x, t.expand(4)), transform(x, t.repeat(4))
     for a, b in zip(expanded, repeated, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def _separable(basis_size: int = 3, dim: int = 2) -> SeparableTransform:
+    torch.manual_seed(0)
+    net = TimeMLP(dim, hidden=32, depth=2, out_dim=basis_size * dim)
+    return SeparableTransform(net, basis_size).double()
+
+
+@pytest.mark.parametrize("size", [1, 2, 6])
+def test_legendre_basis_and_derivatives_match_numpy(size: int):
+    """``P_k(2t - 1)`` and ``d/dt P_k(2t - 1)`` against numpy's Legendre series."""
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    polys, slopes = legendre_basis(t, size)
+    for k in range(size):
+        coef = np.eye(size)[k]
+        u = 2 * t.numpy() - 1
+        np.testing.assert_allclose(polys[:, k], legendre.legval(u, coef), atol=1e-13)
+        np.testing.assert_allclose(
+            slopes[:, k], 2 * legendre.legval(u, legendre.legder(coef)), atol=1e-12
+        )
+
+
+def test_separable_derivative_equals_the_jvp_of_its_value():
+    """The closed-form ``dF/dt`` against ``torch.func.jvp`` of ``F`` (the base class's way)."""
+    transform = _separable()
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 2, dtype=torch.float64, generator=generator)
+    t = torch.rand(8, dtype=torch.float64, generator=generator)
+    value, derivative = transform(x, t)
+    jvp_value, jvp_derivative = Transform.forward(transform, x, t)
+    torch.testing.assert_close(value, jvp_value)
+    torch.testing.assert_close(derivative, jvp_derivative)
+    assert derivative.abs().max() > 1e-3
+    torch.testing.assert_close(transform.value(x, torch.zeros(8, dtype=torch.float64)), x)
+
+
+def test_separable_transform_runs_its_network_once_for_all_times():
+    """``values`` and ``evaluate`` equal one call per time, with one network call in all."""
+    transform = _separable()
+    calls = []
+    transform.net.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(5, 2, dtype=torch.float64)
+    times = [torch.rand(5, dtype=torch.float64) for _ in range(3)]
+    values = transform.values(x, times)
+    value, derivative, others = transform.evaluate(x, times[0], times[1:])
+    assert len(calls) == 2
+    for got, t in zip(values, times, strict=True):
+        torch.testing.assert_close(got, transform.value(x, t))
+    torch.testing.assert_close((value, derivative), transform(x, times[0]))
+    torch.testing.assert_close(others, values[1:])
+
+
+def test_separable_transform_checks_its_network_output():
+    transform = SeparableTransform(TimeMLP(2, hidden=8, depth=1), basis_size=3)
+    with pytest.raises(ValueError, match=r"must return \(4, 6\) for input \(4, 2\), got \(4, 2\)"):
+        transform.value(torch.randn(4, 2), torch.rand(4))
+    with pytest.raises(ValueError, match="basis_size must be at least 1"):
+        SeparableTransform(TimeMLP(2, hidden=8, depth=1), basis_size=0)

@@ -16,7 +16,7 @@ from ndm.nets.unet import build_unet
 from ndm.predictors import Predictor
 from ndm.process import NeuralDiffusion
 from ndm.schedules import make_schedule
-from ndm.transforms import IdentityTransform, LearnedTransform, Transform
+from ndm.transforms import IdentityTransform, LearnedTransform, SeparableTransform, Transform
 
 # 4: the 4x4 latents of 8x8 images.
 CPU_UNET_BY_SIDE = {4: "cpu8", 8: "cpu8", 16: "cpu16", 28: "cpu28"}
@@ -38,25 +38,38 @@ def architecture_for(cfg: ModelConfig, shape: tuple[int, ...]) -> str:
     return CPU_UNET_BY_SIDE[side]
 
 
-def build_network(cfg: ModelConfig, shape: tuple[int, ...], zero_init_output: bool) -> nn.Module:
-    """``net(x [B, *shape], t [B]) -> [B, *shape]``: a ``TimeMLP`` or a U-Net preset."""
+def build_network(
+    cfg: ModelConfig, shape: tuple[int, ...], zero_init_output: bool, outputs: int = 1
+) -> nn.Module:
+    """``net(x [B, *shape], t [B]) -> [B, outputs * shape[0], *shape[1:]]``: a ``TimeMLP`` or
+    a U-Net preset."""
     name = architecture_for(cfg, shape)
     if name == "mlp":
         if len(shape) != 1:
             raise ValueError(f"the MLP takes points [B, D], not examples of shape {shape}")
-        return TimeMLP(shape[0], cfg.hidden, cfg.depth, zero_init_output=zero_init_output)
+        return TimeMLP(
+            shape[0],
+            cfg.hidden,
+            cfg.depth,
+            zero_init_output=zero_init_output,
+            out_dim=outputs * shape[0],
+        )
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ValueError(f"a U-Net takes square images [B, C, H, H], not examples of shape {shape}")
-    return build_unet(name, shape[0], shape[2], zero_init_output=zero_init_output)
+    return build_unet(name, shape[0], shape[2], zero_init_output, outputs * shape[0])
 
 
 def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
     """``"learned"``: ``F = x + t NN(x, t)`` with the network's output layer at zero, so the
-    process starts as DDPM's; ``"identity"``: ``F = x`` (the DDPM baseline); ``"blur"``:
-    the fixed blurring transform of soft / blurring diffusion."""
+    process starts as DDPM's; ``"separable"``: ``F = x + t sum_k P_k(2t - 1) G_k(x)``, likewise
+    zero at start; ``"identity"``: ``F = x`` (the DDPM baseline); ``"blur"``: the fixed
+    blurring transform of soft / blurring diffusion."""
     if cfg.transform == "learned":
         network = build_network(cfg, shape, zero_init_output=True)
         return LearnedTransform(network, cfg.transform_derivative)
+    if cfg.transform == "separable":
+        network = build_network(cfg, shape, True, outputs=cfg.transform_basis)
+        return SeparableTransform(network, cfg.transform_basis)
     if cfg.transform == "blur":
         if len(shape) != 3:
             raise ValueError(f"the blur transform takes images [C, H, W], not shape {shape}")

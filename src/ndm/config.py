@@ -28,7 +28,7 @@ from ndm.schedules import SCHEDULES
 from ndm.timesampling import TIME_SAMPLINGS
 from ndm.transforms import DERIVATIVES
 
-TRANSFORMS = ("learned", "identity", "blur")
+TRANSFORMS = ("learned", "separable", "identity", "blur")
 ARCHITECTURES = ("auto", "mlp", *UNET_PRESETS)
 PRECISIONS = ("fp32", "bf16")
 
@@ -88,6 +88,11 @@ class ModelConfig(_Section):
         "U-Nets, more memory)",
         DERIVATIVES,
     )
+    transform_basis: int = _option(
+        4,
+        "Legendre polynomials in t of the separable transform F = x + t sum_k P_k(2t-1) G_k(x)",
+        check=POSITIVE,
+    )
     architecture: str = _option(
         "auto",
         "network of x_theta and F_phi (auto: MLP for points, CPU U-Net for images)",
@@ -109,9 +114,9 @@ class ModelConfig(_Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.objective == "simple" and self.transform == "learned":
+        if self.objective == "simple" and self.transform in ("learned", "separable"):
             raise ValueError(
-                "objective 'simple' collapses a learned transform to 0; use objective "
+                f"objective 'simple' collapses a {self.transform} transform to 0; use objective "
                 "'continuous' or 'discrete', or transform 'identity'"
             )
         if self.schedule == "fm_ot" and self.parameterisation == "eps":

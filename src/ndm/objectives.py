@@ -70,15 +70,22 @@ def reconstruction_nll(
 
 
 def discrete_diffusion_term(
-    process: NeuralDiffusion, predictor: Predictor, x: Tensor, s: Tensor, t: Tensor, noise: Tensor
+    process: NeuralDiffusion,
+    predictor: Predictor,
+    x: Tensor,
+    s: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    transformed: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """One KL term ``L_t`` of eq. (10) with the DDPM ``sigma_tilde``, per example ``[B]``."""
+    """One KL term ``L_t`` of eq. (10) with the DDPM ``sigma_tilde``, per example ``[B]``;
+    ``transformed = (F(x, s), F(x, t))`` if the caller has them."""
     sched_s, sched_t, c, std = process.posterior_coefficients(s, t, eta=1.0)
-    fx_s, fx_t = process.transform_at(x, [s, t])
+    fx_s, fx_t = process.transform.values(x, [s, t]) if transformed is None else transformed
     a_s, a_t, c_ = (_per_example(v, x) for v in (sched_s.alpha, sched_t.alpha, c))
     z_t = a_t * fx_t + _per_example(sched_t.sigma, x) * noise
     x_hat = predictor(z_t, t)
-    fh_s, fh_t = process.transform_at(x_hat, [s, t])
+    fh_s, fh_t = process.transform.values(x_hat, [s, t])
     diff = a_s * (fx_s - fh_s) - c_ * a_t * (fx_t - fh_t)
     return diff.flatten(1).pow(2).sum(1) / (2 * std**2)
 
@@ -91,26 +98,35 @@ def discrete_nelbo_terms(
     decoder: Decoder | None = None,
     generator: torch.Generator | None = None,
 ) -> LossTerms:
-    """Training estimate of the discrete NELBO: ``T L_t`` at one uniform step per example."""
+    """Training estimate of the discrete NELBO: ``T L_t`` at one uniform step per example.
+    ``F(x, .)`` at ``s``, ``t`` and 1 (the prior's) is asked for in one call."""
     index = torch.randint(1, num_steps + 1, (x.shape[0],), generator=generator, device=x.device)
     t = index.to(x.dtype) / num_steps
+    s = t - 1.0 / num_steps
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    fx_s, fx_t, fx_1 = process.transform.values(x, [s, t, torch.ones_like(t)])
     diffusion = num_steps * discrete_diffusion_term(
-        process, predictor, x, t - 1.0 / num_steps, t, noise
+        process, predictor, x, s, t, noise, (fx_s, fx_t)
     )
     return LossTerms(
-        process.prior_kl(x),
+        process.prior_kl(x, fx_1),
         diffusion,
         reconstruction_nll(process, x, decoder or GaussianDecoder(), generator),
     )
 
 
 def continuous_diffusion_integrand(
-    process: NeuralDiffusion, predictor: Predictor, x: Tensor, t: Tensor, noise: Tensor
+    process: NeuralDiffusion,
+    predictor: Predictor,
+    x: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    transformed: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """``|| f(z_t, x, t) - f(z_t, x_hat, t) ||^2 / (2 g^2(t))`` per example, ``[B]``."""
+    """``|| f(z_t, x, t) - f(z_t, x_hat, t) ||^2 / (2 g^2(t))`` per example, ``[B]``;
+    ``transformed = (F(x, t), dF/dt(x, t))`` if the caller has them."""
     sched = process.schedule(t)
-    fx, dfx = process.transform(x, t)
+    fx, dfx = process.transform(x, t) if transformed is None else transformed
     z_t = _per_example(sched.alpha, x) * fx + _per_example(sched.sigma, x) * noise
     x_hat = predictor(z_t, t)
     fh, dfh = process.transform(x_hat, t)
@@ -131,13 +147,15 @@ def continuous_nelbo_terms(
 ) -> LossTerms:
     """Continuous-time NELBO with one time per example drawn by ``time_sampling`` (the
     ``u``-quantile of ``p(t)`` if ``u [B]`` is given, see :func:`ndm.timesampling.sample_times`)
-    and the integrand divided by ``p(t)``."""
+    and the integrand divided by ``p(t)``. ``F(x, .)`` and ``dF/dt`` at ``t`` and ``F(x, 1)``
+    (the prior's) are asked for in one call."""
     t, density = sample_times(process.schedule, x.shape[0], time_sampling, x, generator, u=u)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    diffusion = continuous_diffusion_integrand(process, predictor, x, t, noise) / density
+    fx, dfx, (fx_1,) = process.transform.evaluate(x, t, [torch.ones_like(t)])
+    integrand = continuous_diffusion_integrand(process, predictor, x, t, noise, (fx, dfx))
     return LossTerms(
-        process.prior_kl(x),
-        diffusion,
+        process.prior_kl(x, fx_1),
+        integrand / density,
         reconstruction_nll(process, x, decoder or GaussianDecoder(), generator),
     )
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ndm.schedules import Schedule, ScheduleValues
-from ndm.transforms import IdentityTransform, Transform, _per_example
+from ndm.transforms import Transform, _per_example
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,6 @@ class NeuralDiffusion(nn.Module):
     def __init__(self, schedule: Schedule, transform: Transform):
         super().__init__()
         self.schedule, self.transform = schedule, transform
-
-    def transform_at(self, x: Tensor, times: list[Tensor]) -> list[Tensor]:
-        """``[F(x, t_k) for t_k in times]`` in one batched call of the transform (none for
-        the identity)."""
-        if isinstance(self.transform, IdentityTransform):
-            return [x] * len(times)
-        if len(times) == 1:
-            return [self.transform.value(x, times[0])]
-        values = self.transform.value(torch.cat([x] * len(times)), torch.cat(times))
-        return list(values.chunk(len(times)))
 
     def marginal(self, x: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """``(z_t, F(x, t))`` with ``z_t = alpha_t F(x, t) + sigma_t noise``."""
@@ -75,7 +65,7 @@ class NeuralDiffusion(nn.Module):
     ) -> Posterior:
         """``q(z_s | z_t, x)`` of eq. (8); pass ``x_hat`` for ``x`` to get ``p_theta(z_s | z_t)``."""
         sched_s, sched_t, c, std = self.posterior_coefficients(s, t, eta)
-        f_s, f_t = self.transform_at(x, [s, t])
+        f_s, f_t = self.transform.values(x, [s, t])
         a_s, a_t, c = (_per_example(v, x) for v in (sched_s.alpha, sched_t.alpha, c))
         return Posterior(a_s * f_s + c * (z_t - a_t * f_t), std)
 
@@ -86,11 +76,13 @@ class NeuralDiffusion(nn.Module):
         f, df_dt = self.transform(x_prime, t)
         return drift_from_transform(sched, z, f, df_dt, stochastic)
 
-    def prior_kl(self, x: Tensor) -> Tensor:
-        """``KL(N(alpha_1 F(x, 1), sigma_1^2 I) || N(0, I))`` per example, ``[B]``, in nats."""
+    def prior_kl(self, x: Tensor, f_1: Tensor | None = None) -> Tensor:
+        """``KL(N(alpha_1 F(x, 1), sigma_1^2 I) || N(0, I))`` per example, ``[B]``, in nats;
+        ``f_1 = F(x, 1)`` if the caller has it."""
         one = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
         sched = self.schedule(one)
-        mean = _per_example(sched.alpha, x) * self.transform.value(x, one)
+        f_1 = self.transform.value(x, one) if f_1 is None else f_1
+        mean = _per_example(sched.alpha, x) * f_1
         var = sched.sigma**2
         dims = x[0].numel()
         return 0.5 * (mean.flatten(1).pow(2).sum(1) + dims * (var - 1 - var.log()))

@@ -45,7 +45,8 @@ class _ResBlock(nn.Module):
 
 
 class TimeMLP(nn.Module):
-    """Residual MLP ``f(x, t)`` with ``x`` [B, dim], ``t`` [B] in [0, 1] -> [B, dim].
+    """Residual MLP ``f(x, t)`` with ``x`` [B, dim], ``t`` [B] in [0, 1] -> [B, out_dim]
+    (``out_dim = dim`` unless given).
 
     ``t`` is embedded with :func:`sinusoidal_embedding` followed by a two-layer SiLU MLP;
     the embedding conditions every one of the ``depth`` residual blocks. The map is
@@ -60,6 +61,7 @@ class TimeMLP(nn.Module):
         depth: int = 3,
         time_embed_dim: int = 64,
         zero_init_output: bool = False,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -69,13 +71,13 @@ class TimeMLP(nn.Module):
         )
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(_ResBlock(hidden, hidden) for _ in range(depth))
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim or dim))
         if zero_init_output:
             nn.init.zeros_(self.out[-1].weight)
             nn.init.zeros_(self.out[-1].bias)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x`` [B, dim], ``t`` [B] or scalar -> [B, dim]."""
+        """``x`` [B, dim], ``t`` [B] or scalar -> [B, out_dim]."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         t = t.to(x.dtype)

@@ -145,7 +145,8 @@ class _Stage(nn.Module):
 
 
 class UNet(nn.Module):
-    """``x [B, C, H, W]``, ``t [B]`` in ``[0, 1]`` -> ``[B, C, H, W]``.
+    """``x [B, C, H, W]``, ``t [B]`` in ``[0, 1]`` -> ``[B, C_out, H, W]`` (``C_out = C`` unless
+    ``out_channels`` is given).
 
     ``t`` enters through :func:`~ndm.nets.mlp.sinusoidal_embedding` and a two-layer SiLU MLP.
     ``image_size`` fixes where attention runs (by side length). ``zero_init_output=True``
@@ -158,6 +159,7 @@ class UNet(nn.Module):
         image_size: int,
         config: UNetConfig,
         zero_init_output: bool = False,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
         cfg = config
@@ -209,13 +211,13 @@ class UNet(nn.Module):
             self.up.append(nn.ModuleDict({"blocks": blocks, **({"up": up} if up else {})}))
 
         self.out = nn.Sequential(
-            _norm(cur, groups), nn.SiLU(), nn.Conv2d(cur, in_channels, 3, padding=1)
+            _norm(cur, groups), nn.SiLU(), nn.Conv2d(cur, out_channels or in_channels, 3, padding=1)
         )
         if zero_init_output:
             _zero(self.out[-1])
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x`` [B, C, H, W], ``t`` [B] or scalar -> [B, C, H, W]."""
+        """``x`` [B, C, H, W], ``t`` [B] or scalar -> [B, C_out, H, W]."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         temb = self.time_mlp(sinusoidal_embedding(t.to(x.dtype), self.channels))
@@ -240,9 +242,14 @@ class UNet(nn.Module):
 
 
 def build_unet(
-    preset: str, in_channels: int, image_size: int, zero_init_output: bool = False
+    preset: str,
+    in_channels: int,
+    image_size: int,
+    zero_init_output: bool = False,
+    out_channels: int | None = None,
 ) -> UNet:
-    """The U-Net of ``UNET_PRESETS[preset]`` for ``in_channels``-channel square images."""
+    """The U-Net of ``UNET_PRESETS[preset]`` for ``in_channels``-channel square images,
+    with ``out_channels`` outputs (default ``in_channels``)."""
     if preset not in UNET_PRESETS:
         raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(UNET_PRESETS)}")
-    return UNet(in_channels, image_size, UNET_PRESETS[preset], zero_init_output)
+    return UNet(in_channels, image_size, UNET_PRESETS[preset], zero_init_output, out_channels)
