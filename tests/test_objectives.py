@@ -245,10 +245,14 @@ def test_kinetic_weight_adds_exactly_the_weighted_penalty_to_the_loss(single_thr
     penalty = kinetic_energy_penalty(process, predictor, x, g)
     torch.testing.assert_close(losses["kinetic"], penalty)
     torch.testing.assert_close(losses["loss"] - plain, weight * penalty)
+    torch.testing.assert_close(losses["nelbo"], plain)  # the NELBO leaves the penalty out
+    parts = ("prior", "diffusion", "reconstruction")
+    torch.testing.assert_close(sum(losses[k] for k in parts), losses["nelbo"])
     torch.testing.assert_close(
         penalised.loss(x, torch.Generator().manual_seed(9)), plain + weight * penalty
     )
-    assert "kinetic" not in NDM(process, predictor)(x)
+    unpenalised = NDM(process, predictor)(x)
+    assert "kinetic" not in unpenalised and unpenalised["nelbo"] is unpenalised["loss"]
     assert build_model(ModelConfig(kinetic_weight=weight), (2,)).kinetic_weight == weight
     with pytest.raises(ValueError, match="kinetic_weight must be non-negative"):
         NDM(process, predictor, kinetic_weight=-1.0)
