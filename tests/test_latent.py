@@ -95,6 +95,7 @@ def test_bound_is_the_sum_of_independently_computed_parts():
     torch.testing.assert_close(terms.total, decoder - entropy + latent.total)
     losses = model(x, torch.Generator().manual_seed(3))
     torch.testing.assert_close(losses["loss"], terms.total)
+    torch.testing.assert_close(losses["nelbo"], terms.total)
     parts = ("decoder", "encoder", "prior", "diffusion", "reconstruction")
     torch.testing.assert_close(sum(losses[k] for k in parts), terms.total)
 

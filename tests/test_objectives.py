@@ -21,7 +21,12 @@ from ndm.objectives import (
 )
 from ndm.predictors import Predictor
 from ndm.process import NeuralDiffusion
-from ndm.schedules import CosineSchedule, LearnedVPSchedule, LinearVPSchedule
+from ndm.schedules import (
+    CosineSchedule,
+    FlowMatchingOTSchedule,
+    LearnedVPSchedule,
+    LinearVPSchedule,
+)
 from ndm.timesampling import TIME_SAMPLINGS, sample_times
 from ndm.transforms import IdentityTransform, LearnedTransform, SeparableTransform, Transform
 from tests.exact_gaussian import COV, MEAN, ExactGaussianPredictor, sample_data
@@ -180,6 +185,32 @@ def test_quantile_stratified_times_integrate_accurately(method):
     assert estimate == pytest.approx(math.sin(3) / 3, abs=1e-3)
 
 
+@pytest.mark.parametrize("method", TIME_SAMPLINGS)
+def test_times_stay_below_one_where_the_fm_ot_integrand_is_finite(method):
+    """``u = 1`` (or a quotient rounding up to 1) would give ``t = 1``, where ``fm_ot`` has
+    ``alpha = 0`` and the integrand is NaN: drawn times stay below 1, ``t = 0`` is harmless."""
+    for dtype in (torch.float32, torch.float64):
+        like = torch.zeros(1, dtype=dtype)
+        below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+        for schedule in (FlowMatchingOTSchedule(), LinearVPSchedule(), CosineSchedule()):
+            t, density = sample_times(schedule, 4, method, like, u=torch.ones(4, dtype=dtype))
+            assert bool((t < 1).all()), t
+            assert bool((density > 0).all()) and bool(torch.isfinite(density).all())
+            if method in ("uniform", "stratified"):
+                assert torch.equal(t, below_one.expand(4))
+    torch.manual_seed(0)
+    schedule = FlowMatchingOTSchedule()
+    process = NeuralDiffusion(schedule, LearnedTransform(TimeMLP(2, hidden=8, depth=1)))
+    x = torch.randn(4, 2)
+    for output in ("eps", "x"):
+        predictor = Predictor(TimeMLP(2, hidden=8, depth=1), schedule, output)
+        for u in (torch.ones(4), torch.zeros(4)):
+            g = torch.Generator().manual_seed(1)
+            terms = continuous_nelbo_terms(process, predictor, x, method, generator=g, u=u)
+            for name, value in terms.as_dict().items():
+                assert bool(torch.isfinite(value).all()), (output, float(u[0]), name, value)
+
+
 def test_kinetic_penalty_estimates_the_exact_gaussian_flow_energy(single_thread):
     """F = x, Gaussian data N(mu, Sigma), exact predictor: the probability-flow velocity is
     v = alpha' mu + V diag(c' / c) V^T (z - alpha mu) with c_k = sqrt(alpha^2 lam_k + sigma^2),
@@ -215,10 +246,14 @@ def test_kinetic_weight_adds_exactly_the_weighted_penalty_to_the_loss(single_thr
     penalty = kinetic_energy_penalty(process, predictor, x, g)
     torch.testing.assert_close(losses["kinetic"], penalty)
     torch.testing.assert_close(losses["loss"] - plain, weight * penalty)
+    torch.testing.assert_close(losses["nelbo"], plain)  # the NELBO leaves the penalty out
+    parts = ("prior", "diffusion", "reconstruction")
+    torch.testing.assert_close(sum(losses[k] for k in parts), losses["nelbo"])
     torch.testing.assert_close(
         penalised.loss(x, torch.Generator().manual_seed(9)), plain + weight * penalty
     )
-    assert "kinetic" not in NDM(process, predictor)(x)
+    unpenalised = NDM(process, predictor)(x)
+    assert "kinetic" not in unpenalised and unpenalised["nelbo"] is unpenalised["loss"]
     assert build_model(ModelConfig(kinetic_weight=weight), (2,)).kinetic_weight == weight
     with pytest.raises(ValueError, match="kinetic_weight must be non-negative"):
         NDM(process, predictor, kinetic_weight=-1.0)

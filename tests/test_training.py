@@ -192,7 +192,7 @@ def test_train_writes_run_folder(tmp_path):
     assert config_from_dict(json.loads((run / "config.json").read_text())) == tiny()
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged_steps(run) == [2, 4, 6]
-    keys = {"step", "loss", "prior", "diffusion", "reconstruction", "lr", "grad_norm"}
+    keys = {"step", "loss", "nelbo", "prior", "diffusion", "reconstruction", "lr", "grad_norm"}
     assert keys | {"seconds_per_step"} == set(lines[0])
     assert all(math.isfinite(v) for line in lines for v in line.values())
     state = load_checkpoint(run / "checkpoint.pt")
@@ -204,6 +204,24 @@ def test_train_writes_run_folder(tmp_path):
         torch.equal(a, b) for a, b in zip(model.parameters(), loaded.parameters(), strict=True)
     )
     assert no_temp_files(run)
+
+
+def test_logged_nelbo_is_the_sum_of_its_terms_and_leaves_out_the_kinetic_penalty(tmp_path):
+    """With a kinetic weight the optimised loss is ``nelbo + weight * kinetic``; the logged
+    ``nelbo`` is the bound alone, the sum of its terms."""
+    weight = 0.5
+    cfg = tiny(steps=2)
+    cfg = replace(cfg, model=replace(cfg.model, kinetic_weight=weight))
+    run = tmp_path / "run"
+    train(cfg, run)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 1
+    for line in lines:
+        terms = line["prior"] + line["diffusion"] + line["reconstruction"]
+        assert line["nelbo"] == pytest.approx(terms, rel=1e-5)
+        assert line["kinetic"] > 0
+        assert line["loss"] - line["nelbo"] == pytest.approx(weight * line["kinetic"], rel=1e-4)
+        assert line["loss"] != pytest.approx(line["nelbo"], rel=1e-3)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):

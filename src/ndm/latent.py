@@ -131,9 +131,10 @@ class LatentNDM(nn.Module):
         )
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Training loss ``loss`` and its terms (:class:`LatentTerms`), each ``[B]``."""
+        """Training loss ``loss``, the bound itself (``nelbo``, equal to ``loss``) and its
+        terms (:class:`LatentTerms`), each ``[B]``."""
         terms = self.bound_terms(x, generator).as_dict()
-        return {"loss": terms.pop("total")} | terms
+        return {"loss": terms["total"], "nelbo": terms.pop("total")} | terms
 
     @torch.no_grad()
     def nelbo(

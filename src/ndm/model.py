@@ -66,16 +66,17 @@ class NDM(nn.Module):
         self.kinetic_weight = kinetic_weight
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Training losses per example ``[B]``: ``loss``, for the NELBO objectives its
-        ``prior``, ``diffusion`` and ``reconstruction`` terms, and with a kinetic weight the
-        ``kinetic`` penalty before weighting (what DDP wraps). The penalty draws its time
-        and noise from ``generator`` after the objective's draws."""
+        """Training losses per example ``[B]`` (what DDP wraps): the optimised ``loss``; for
+        the NELBO objectives the ``nelbo`` estimate and its ``prior``, ``diffusion`` and
+        ``reconstruction`` terms; with a kinetic weight the ``kinetic`` penalty before
+        weighting, so that ``loss = nelbo + kinetic_weight * kinetic`` (``loss = nelbo``
+        without it). The penalty draws its time and noise from ``generator`` after the
+        objective's draws."""
         if self.objective == "simple":
             losses = {"loss": simple_noise_loss(self.process, self.predictor, x, generator)}
         else:
-            terms = self.loss_terms(x, generator)
-            losses = {"loss": terms.total}
-            losses |= {k: v for k, v in terms.as_dict().items() if k != "total"}
+            terms = self.loss_terms(x, generator).as_dict()
+            losses = {"loss": terms["total"], "nelbo": terms.pop("total")} | terms
         if self.kinetic_weight > 0:
             kinetic = kinetic_energy_penalty(self.process, self.predictor, x, generator)
             losses["loss"] = losses["loss"] + self.kinetic_weight * kinetic

@@ -10,6 +10,12 @@ recomputed at every call so that a learned schedule is followed, and drawn by in
 their distribution function; the estimator divides by the exact density of that
 piecewise-constant law, so it stays unbiased. Passing the uniform variates ``u`` lets an
 evaluation stratify them (one per stratum of ``[0, 1]``) whatever the density.
+
+Drawn times lie in ``[0, 1)``: a draw that rounds to ``t = 1`` (``u = 1``, or a float32
+quotient rounding up) is moved to the largest float below 1, a change on a set of measure
+zero that leaves ``p(t)`` as it is. At ``t = 1`` a schedule may end with ``alpha_1 = 0``
+(``fm_ot``), where the integrand is not finite; ``t = 0`` is harmless since every schedule
+keeps ``sigma_0 > 0`` and ``alpha_0 > 0``.
 """
 
 from __future__ import annotations
@@ -40,8 +46,10 @@ def sample_times(
     u: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``(t, p(t))``, both ``[batch]``, with dtype and device of ``like``; ``t`` is the
-    ``u``-quantile of ``p`` (``u ~ U[0, 1]`` drawn here unless given)."""
+    ``u``-quantile of ``p`` (``u ~ U[0, 1]`` drawn here unless given), kept below 1."""
     opts = {"dtype": like.dtype, "device": like.device}
+    # the largest float below 1 (1 - eps / 2 is exact in every binary floating type)
+    below_one = 1.0 - torch.finfo(like.dtype).eps / 2
     if method not in TIME_SAMPLINGS:
         raise ValueError(f"unknown time sampling {method!r}; choose one of {TIME_SAMPLINGS}")
     if u is None:
@@ -50,9 +58,10 @@ def sample_times(
             order = torch.randperm(batch, generator=generator, device=like.device)
             u = (order.to(like.dtype) + u) / batch
     if method in ("uniform", "stratified"):
-        return u, torch.ones(batch, **opts)
+        return u.clamp_max(below_one), torch.ones(batch, **opts)
     mass = _cell_weights(schedule, method, num_cells, like)
     upper = mass.cumsum(0)
     cell = torch.searchsorted(upper, u).clamp_max(num_cells - 1)
     within = ((u - (upper[cell] - mass[cell])) / mass[cell]).clamp(0, 1)
-    return (cell.to(like.dtype) + within) / num_cells, mass[cell] * num_cells
+    t = ((cell.to(like.dtype) + within) / num_cells).clamp_max(below_one)
+    return t, mass[cell] * num_cells

@@ -2,10 +2,13 @@
 
 A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one line every
 ``log_every`` steps), TensorBoard event files when ``tensorboard`` is installed, and
-``checkpoint.pt`` (written every ``checkpoint_every`` steps and at the end). A checkpoint
-stores the model, its EMA, the optimiser and LR scheduler, the step, the minibatch generator
-and the global RNG state, so a resumed run continues exactly the same stream as an
-uninterrupted one.
+``checkpoint.pt`` (written every ``checkpoint_every`` steps and at the end). A metrics line
+holds the optimised ``loss``; for the NELBO objectives the ``nelbo`` estimate and its terms,
+and for images its ``bits_per_dim``; with a kinetic weight the unweighted ``kinetic``
+penalty, so that ``loss = nelbo + kinetic_weight * kinetic``; and ``lr``, ``grad_norm`` and
+``seconds_per_step``. A checkpoint stores the model, its EMA, the optimiser and LR
+scheduler, the step, the minibatch generator and the global RNG state, so a resumed run
+continues exactly the same stream as an uninterrupted one.
 
 Each step draws a global minibatch of ``batch_size`` examples, cut into ``world_size *
 grad_accum`` equal micro-batches; micro-batch ``k`` takes its noise from a generator seeded by
@@ -160,9 +163,10 @@ def _step(
     place: Distributed,
 ) -> dict[str, float]:
     """One clipped optimiser step on this process's micro-batches ``(x, noise generator)``;
-    returns the loss, its NELBO terms, the learning rate and the gradient norm before
-    clipping, averaged over processes. Raises ``FloatingPointError``, leaving the
-    parameters untouched, when the loss or the gradient is not finite."""
+    returns the model's losses (the optimised loss, the NELBO, its terms and any penalty),
+    the learning rate and the gradient norm before clipping, averaged over processes.
+    Raises ``FloatingPointError``, leaving the parameters untouched, when the loss or the
+    gradient is not finite."""
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {}
     bf16 = cfg.train.precision == "bf16"
@@ -315,8 +319,8 @@ def train(
         if place.is_main and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
             means = {k: sum(v[k] for v in window) / len(window) for k in window[0]}
             line = {"step": step} | means | {"lr": values["lr"]}
-            if splits.is_image:
-                line["bits_per_dim"] = line["loss"] / (dims * math.log(2))
+            if splits.is_image and "nelbo" in line:
+                line["bits_per_dim"] = line["nelbo"] / (dims * math.log(2))
             with (run_dir / METRICS).open("a") as file:
                 file.write(json.dumps(line) + "\n")
             if writer is not None:
@@ -324,7 +328,9 @@ def train(
                     if key != "step":
                         writer.add_scalar(f"train/{key}", value, step)
             shown = {"loss": f"{line['loss']:.3f}"}
-            if splits.is_image:
+            if "kinetic" in line:  # else the NELBO is the loss
+                shown |= {k: f"{line[k]:.3f}" for k in ("nelbo", "kinetic") if k in line}
+            if "bits_per_dim" in line:
                 shown["bpd"] = f"{line['bits_per_dim']:.3f}"
             progress.set_postfix(shown)
             window = []
