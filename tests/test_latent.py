@@ -270,6 +270,14 @@ def test_bits_per_dim_divide_by_the_data_dimension():
             ),
             "objective 'simple'",
         ),
+        (
+            lambda: RunConfig(
+                data=DataConfig("digits"),
+                model=ModelConfig(kinetic_weight=0.1),
+                latent=LatentConfig(latent_mode="end_to_end"),
+            ),
+            "kinetic-energy penalty is not implemented for a latent NDM",
+        ),
     ],
 )
 def test_bad_latent_configs_are_refused(build, fragment):

@@ -211,6 +211,19 @@ def test_times_stay_below_one_where_the_fm_ot_integrand_is_finite(method):
                 assert bool(torch.isfinite(value).all()), (output, float(u[0]), name, value)
 
 
+@pytest.mark.parametrize("method", ["importance", "gamma"])
+def test_float32_tabulated_times_reach_every_cell(method):
+    """The last cells of ``p(t)`` keep their mass in float32 too: ``u`` just below 1 lands in
+    the last cell, and the float32 quantiles match the float64 ones."""
+    u = torch.tensor([0.5, 0.999, 1 - 2**-20, 1 - 2**-24])
+    for schedule in (FlowMatchingOTSchedule(), LinearVPSchedule()):
+        t32, p32 = sample_times(schedule, 4, method, torch.zeros(1), u=u)
+        t64, p64 = sample_times(schedule.double(), 4, method, torch.zeros(1).double(), u=u.double())
+        assert float(t32[-1]) > 1 - 1e-3, t32
+        torch.testing.assert_close(t32.double(), t64, rtol=0, atol=1e-4)
+        torch.testing.assert_close(p32.double(), p64, rtol=1e-3, atol=0)
+
+
 def test_kinetic_penalty_estimates_the_exact_gaussian_flow_energy(single_thread):
     """F = x, Gaussian data N(mu, Sigma), exact predictor: the probability-flow velocity is
     v = alpha' mu + V diag(c' / c) V^T (z - alpha mu) with c_k = sqrt(alpha^2 lam_k + sigma^2),

@@ -39,7 +39,13 @@ from ndm.special_cases import (
     special_case_config,
     special_case_flags,
 )
-from ndm.transforms import AffineTransform, IdentityTransform, LearnedTransform, Transform
+from ndm.transforms import (
+    AffineTransform,
+    IdentityTransform,
+    LearnedTransform,
+    SeparableTransform,
+    Transform,
+)
 
 __all__ = [
     "NDM",
@@ -62,6 +68,7 @@ __all__ = [
     "Predictor",
     "SpecialCase",
     "TimeMLP",
+    "SeparableTransform",
     "Transform",
     "bits_per_dim",
     "continuous_nelbo",

@@ -265,6 +265,11 @@ class RunConfig:
                 "a latent NDM is trained on its bound; objective 'simple' is not one: use "
                 "'continuous' or 'discrete'"
             )
+        if self.latent.enabled and self.model.kinetic_weight > 0:
+            raise ValueError(
+                "the kinetic-energy penalty is not implemented for a latent NDM; drop "
+                "--kinetic-weight or the latent options"
+            )
 
 
 def _sections() -> dict[str, type]:

@@ -59,9 +59,13 @@ def sample_times(
             u = (order.to(like.dtype) + u) / batch
     if method in ("uniform", "stratified"):
         return u.clamp_max(below_one), torch.ones(batch, **opts)
-    mass = _cell_weights(schedule, method, num_cells, like)
+    # The distribution function in float64, normalised to end at 1: a float32 running sum
+    # reaches 1 early and leaves the last cells, which keep their mass, never drawn.
+    mass = _cell_weights(schedule, method, num_cells, like).double()
     upper = mass.cumsum(0)
-    cell = torch.searchsorted(upper, u).clamp_max(num_cells - 1)
-    within = ((u - (upper[cell] - mass[cell])) / mass[cell]).clamp(0, 1)
-    t = ((cell.to(like.dtype) + within) / num_cells).clamp_max(below_one)
-    return t, mass[cell] * num_cells
+    mass, upper = mass / upper[-1], upper / upper[-1]
+    u64 = u.double()
+    cell = torch.searchsorted(upper, u64).clamp_max(num_cells - 1)
+    within = ((u64 - (upper[cell] - mass[cell])) / mass[cell]).clamp(0, 1)
+    t = ((cell.double() + within) / num_cells).to(like.dtype).clamp_max(below_one)
+    return t, (mass[cell] * num_cells).to(like.dtype)
