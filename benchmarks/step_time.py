@@ -168,7 +168,7 @@ def step_table(args: argparse.Namespace, device: torch.device) -> list[str]:
                 cells += [f"{seconds[n]:.4f}", f"{ratio:.2f}"] if ratio else ["-", "-"]
             cells += [f"{memory[n]:.1f}" if n in memory else "-" for n in MODELS]
             if args.compile:
-                cells += [f"{first[n]:.1f}" for n in COMPILED]
+                cells += [f"{first[n]:.1f}" if n in first else "-" for n in COMPILED]
             lines.append(f"| {name} | {objective} | {batch} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     return lines

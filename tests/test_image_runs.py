@@ -81,11 +81,14 @@ def test_bad_image_options_give_one_clear_error(tmp_path, capsys, extra, fragmen
     assert not (run / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("transform", ["learned", "separable"])
 @pytest.mark.parametrize("objective", ["continuous", "discrete"])
-def test_bf16_autocast_trains_the_learned_transform(tmp_path, objective):
-    """bfloat16 autocast (as on a GPU) through the JVP of the learned transform."""
+def test_bf16_autocast_trains_the_learned_transforms(tmp_path, objective, transform):
+    """bfloat16 autocast (as on a GPU) through the JVP of the learned transform and the
+    closed-form derivative of the separable one."""
     run = tmp_path / objective
     args = ["train", "--run-dir", str(run), *TINY, "--precision", "bf16", "--fid-samples", "0"]
+    args += ["--transform", transform]
     args[args.index("--objective") + 1] = objective
     assert main(args) == 0
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
