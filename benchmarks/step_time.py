@@ -13,7 +13,7 @@ double-backward trick. Usage::
 
     python benchmarks/step_time.py                      # CPU: MLP and the U-Net presets
     python benchmarks/step_time.py --device cuda --precision bf16
-    python benchmarks/step_time.py --compile            # adds torch.compile rows
+    python benchmarks/step_time.py --compile            # adds torch.compile columns
     python benchmarks/step_time.py --only cpu28 --skip "NDM, double backward"
 """
 
@@ -133,15 +133,30 @@ MODELS = {  # name: (transform, derivative of a learned transform)
     "NDM, double backward": ("learned", "double_backward"),
     "NDM, separable": ("separable", "jvp"),
 }
-COMPILED = [name for name, (_, derivative) in MODELS.items() if derivative != "double_backward"]
+
+
+def variants(args: argparse.Namespace) -> dict[str, tuple[str, str, bool]]:
+    """name: (transform, derivative, compiled) of every model the step table times; with
+    ``--compile``, each model also compiled (but double backward, which does not run
+    through a compiled network), timed in the same run as the eager ones."""
+    kept = {n: spec for n, spec in MODELS.items() if n not in args.skip}
+    out = {n: (transform, derivative, False) for n, (transform, derivative) in kept.items()}
+    if args.compile:
+        out |= {
+            f"{n}, compiled": (transform, derivative, True)
+            for n, (transform, derivative) in kept.items()
+            if derivative != "double_backward"
+        }
+    return out
 
 
 def step_table(args: argparse.Namespace, device: torch.device) -> list[str]:
-    ndm_names = [name for name in MODELS if name != "DDPM"]
-    columns = ["DDPM s/step"] + [f"{n} s/step | {n} / DDPM" for n in ndm_names]
-    columns += [f"{n} memory MB" for n in MODELS]
-    if args.compile:
-        columns += [f"{n} compile + first step s" for n in COMPILED]
+    specs = variants(args)
+    others = [name for name in specs if name != "DDPM"]
+    compiled = [name for name, spec in specs.items() if spec[2]]
+    columns = ["DDPM s/step"] + [f"{n} s/step | {n} / DDPM" for n in others]
+    columns += [f"{n} memory MB" for n in specs]
+    columns += [f"{n} compile + first step s" for n in compiled]
     header = "| network | objective | batch | " + " | ".join(columns) + " |"
     lines = [header, "|" + "---|" * (header.count(" | ") + 1)]
     for name, arch, shape, batch in CASES:
@@ -150,25 +165,20 @@ def step_table(args: argparse.Namespace, device: torch.device) -> list[str]:
         for objective in args.objectives:
             torch.manual_seed(0)
             x = torch.rand(batch, *shape, device=device) * 2 - 1
-            models = {
-                k: build(arch, shape, transform, objective, derivative).to(device)
-                for k, (transform, derivative) in MODELS.items()
-                if k not in args.skip and not (args.compile and derivative == "double_backward")
-            }
-            if args.compile:  # double backward does not run through a compiled network
-                for model in models.values():
-                    model.compile()
+            models = {}
+            for k, (transform, derivative, compile_it) in specs.items():
+                models[k] = build(arch, shape, transform, objective, derivative).to(device)
+                if compile_it:
+                    models[k].compile()
             steps = {k: make_step(m, x, args.precision) for k, m in models.items()}
             first: dict[str, float] = {}
             seconds = time_alternately(steps, args.repeats, device, first)
             memory = {k: step_memory(m, x, args.precision) / 2**20 for k, m in models.items()}
             cells = [f"{seconds['DDPM']:.4f}"]
-            for n in ndm_names:
-                ratio = seconds[n] / seconds["DDPM"] if n in seconds else None
-                cells += [f"{seconds[n]:.4f}", f"{ratio:.2f}"] if ratio else ["-", "-"]
-            cells += [f"{memory[n]:.1f}" if n in memory else "-" for n in MODELS]
-            if args.compile:
-                cells += [f"{first[n]:.1f}" if n in first else "-" for n in COMPILED]
+            for n in others:
+                cells += [f"{seconds[n]:.4f}", f"{seconds[n] / seconds['DDPM']:.2f}"]
+            cells += [f"{memory[n]:.1f}" for n in specs]
+            cells += [f"{first[n]:.1f}" for n in compiled]
             lines.append(f"| {name} | {objective} | {batch} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     return lines
@@ -262,7 +272,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--objectives", nargs="+", default=["continuous", "discrete"])
     parser.add_argument("--only", nargs="*", help="architectures to keep (mlp, cpu8, ...)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the models")
+    parser.add_argument("--compile", action="store_true", help="also time each model compiled")
     parser.add_argument("--skip", nargs="*", default=[], choices=[n for n in MODELS if n != "DDPM"],
                         help="NDM variants left out (e.g. where their memory does not fit)")  # fmt: skip
     parser.add_argument("--tables", nargs="+", choices=("steps", "derivatives"),
@@ -274,7 +284,6 @@ def main() -> None:
         f"torch {torch.__version__}, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", {torch.get_num_threads()} threads, {args.precision}, median of {args.repeats} "
-        + ("compiled " if args.compile else "")
         + "steps, timed alternately"
     )
     print(header)
