@@ -1,8 +1,9 @@
 """What sampling and likelihood cost: sampler overhead, diffusers' loop, ODE NFE, NLL accuracy.
 
 1. Seconds per step of each sampler, and the part of them spent inside the networks (the
-   predictor, and for NDM the transform at ``x_hat``, its JVP included), clocked around the
-   networks' calls in the same runs; the rest is the sampler's overhead.
+   predictor, and for NDM the transform's network at ``x_hat``, the JVP of the learned one
+   included), clocked around the networks' calls in the same runs; the rest is the
+   sampler's overhead. NDM with the learned and with the separable transform.
 2. The same accounting for our DDIM loop and diffusers' ``DDIMScheduler`` loop around the
    same network, with ``F = x`` and the schedule of diffusers' ``alphas_cumprod`` table.
 3. The adaptive ODE sampler's NFE at several tolerances, NDM against DDPM.
@@ -15,6 +16,7 @@ trained runs, given by ``--ndm-run`` and ``--ddpm-run`` (image runs, e.g. those 
 
     python benchmarks/sampling_cost.py --ndm-run runs/fashion-mnist/learned-T1000 \\
         --ddpm-run runs/fashion-mnist/identity-T1000 --out benchmarks/results/sampling_cost.md
+    python benchmarks/sampling_cost.py --tables overhead --out benchmarks/results/sampling_overhead.md
 """
 
 from __future__ import annotations
@@ -89,12 +91,16 @@ def overhead_table(batch: int, steps: int, repeats: int) -> list[str]:
         f"| model, sampler | s/step (batch {batch}) | in the networks s/step | overhead |",
         "|---|---|---|---|",
     ]
-    for label, transform in (("DDPM", "identity"), ("NDM", "learned")):
+    for label, transform in (
+        ("DDPM", "identity"),
+        ("NDM", "learned"),
+        ("NDM, separable", "separable"),
+    ):
         torch.manual_seed(0)
         model = build_model(ModelConfig(transform=transform, architecture="cpu16"), SHAPE, 256)
         model.eval()
         networks = [model.predictor.net]
-        if transform == "learned":
+        if transform != "identity":
             networks.append(model.process.transform.net)
         clock = NetworkClock(*networks)
         z = torch.randn(batch, *SHAPE)
