@@ -53,6 +53,8 @@ from ndm.transport import (  # noqa: E402
     probability_flow_paths,
 )
 
+from report import report
+
 MIXTURE_1D = {"weights": (0.5, 0.5), "means": (-2.0, 2.0), "std": 0.4}
 
 
@@ -283,10 +285,7 @@ def main() -> None:
         + ".",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    report(text, args.out)
     if args.figure is not None:
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         plot(rows, args.figure, args.max_paths)

@@ -29,6 +29,8 @@ from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predi
 from ndm.model import NDM
 from ndm.training import load_data, load_run, train
 
+from report import report
+
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
 PRESETS = {
     "cpu": {"resolution": 16, "architecture": "cpu16", "batch_size": 64, "steps": 1200},
@@ -152,10 +154,8 @@ def main() -> None:
             f"{r['fid_ddim']:.2f} |"
         )
     table = "\n".join(lines)
-    print(table)
+    report(table, args.out)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
         write_figures(args.runs_dir, splits, args.out.parent)
 
 

@@ -26,6 +26,8 @@ from ndm.config import DataConfig, EvalConfig, LatentConfig, ModelConfig, RunCon
 from ndm.evaluation import evaluate_latent, fid_features, sample_quality
 from ndm.training import load_data, train
 
+from report import report
+
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
 PRESETS = {
     # Fashion-MNIST 16x16 -> latents [4, 4, 4]; sized to run in under 25 minutes on 2 shared
@@ -185,10 +187,7 @@ def main() -> None:
             f"{r['fid']:.2f} | {seconds:.0f} |"
         )
     table = "\n".join(lines)
-    print(table)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    report(table, args.out)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from ndm.samplers import get_sampler, time_grid
 from ndm.schedules import TableVPSchedule
 from ndm.training import load_data, load_run
 
+from report import report
+
 SHAPE = (1, 16, 16)
 
 
@@ -241,9 +243,7 @@ def main() -> None:
         )
         lines += ["", f"## ODE NLL of NDM on {args.nll_examples} test images", ""]
         lines += nll_table(model.eval(), x, [1e-2, 1e-3], [1, 4])
-    table = "\n".join(lines)
-    if args.out:
-        args.out.write_text(table + "\n")
+    report("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from ndm.config import ModelConfig
 from ndm.model import NDM
 from ndm.transforms import LearnedTransform
 
+from report import report
+
 # name, architecture, example shape, batch
 CASES = [
     ("MLP 256x3, 2-D", "mlp", (2,), 512),
@@ -294,8 +296,7 @@ def main() -> None:
         lines += ["# (F, dF/dt) of the learned transform, forward and backward", ""]
         lines += derivative_table(args, device)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write("\n".join(lines) + "\n")
+        report("\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

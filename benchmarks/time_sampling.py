@@ -20,6 +20,8 @@ from ndm.objectives import continuous_nelbo_terms
 from ndm.timesampling import TIME_SAMPLINGS
 from ndm.training import load_run
 
+from report import report
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,9 +58,7 @@ def main() -> None:
             f"{std / math.sqrt(draws.numel()):.4f} |"
         )
     table = "\n".join(lines)
-    print(table)
-    if args.out is not None:
-        args.out.write_text(table + "\n")
+    report(table, args.out)
 
 
 if __name__ == "__main__":

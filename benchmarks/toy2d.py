@@ -28,6 +28,8 @@ from ndm.data.loading import Splits
 from ndm.evaluation import evaluate
 from ndm.training import load_data, train
 
+from report import report
+
 LABELS = {
     "learned": "NDM (learned F)",
     "separable": "NDM (separable F, K = {basis})",
@@ -114,10 +116,7 @@ def main() -> None:
         )
         lines[-1] += f" Step-time ratio to DDPM: {ratios}."
     table = "\n".join(lines)
-    print(table)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(table + "\n")
+    report(table, args.out)
 
 
 if __name__ == "__main__":
