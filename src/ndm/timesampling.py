@@ -29,10 +29,12 @@ TIME_SAMPLINGS = ("uniform", "stratified", "importance", "gamma")
 
 
 def _cell_weights(schedule: Schedule, method: str, num_cells: int, like: Tensor) -> Tensor:
+    """Probability of each cell ``[num_cells]`` in float64: a float32 running sum of them
+    reaches 1 early and leaves the last cells, which keep their mass, never drawn."""
     mids = (torch.arange(num_cells, dtype=like.dtype, device=like.device) + 0.5) / num_cells
     with torch.no_grad():
         sched = schedule(mids)
-        weights = 1.0 / sched.g2 if method == "importance" else sched.d_gamma
+        weights = (1.0 / sched.g2 if method == "importance" else sched.d_gamma).double()
     return weights / weights.sum()
 
 
@@ -59,11 +61,8 @@ def sample_times(
             u = (order.to(like.dtype) + u) / batch
     if method in ("uniform", "stratified"):
         return u.clamp_max(below_one), torch.ones(batch, **opts)
-    # The distribution function in float64, normalised to end at 1: a float32 running sum
-    # reaches 1 early and leaves the last cells, which keep their mass, never drawn.
-    mass = _cell_weights(schedule, method, num_cells, like).double()
+    mass = _cell_weights(schedule, method, num_cells, like)
     upper = mass.cumsum(0)
-    mass, upper = mass / upper[-1], upper / upper[-1]
     u64 = u.double()
     cell = torch.searchsorted(upper, u64).clamp_max(num_cells - 1)
     within = ((u64 - (upper[cell] - mass[cell])) / mass[cell]).clamp(0, 1)
