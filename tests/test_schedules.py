@@ -10,6 +10,7 @@ from ndm.schedules import (
     FlowMatchingOTSchedule,
     LearnedVPSchedule,
     LinearVPSchedule,
+    LogSNRLinearSchedule,
     make_schedule,
 )
 
@@ -26,6 +27,7 @@ def _perturbed_learned() -> LearnedVPSchedule:
 
 
 ALL = {
+    "log_snr": LogSNRLinearSchedule().double(),
     "linear": LinearVPSchedule().double(),
     "cosine": CosineSchedule().double(),
     "fm_ot": FlowMatchingOTSchedule(sigma_min=1e-3).double(),
@@ -52,7 +54,7 @@ def test_gamma_is_log_snr_and_g2_matches_eq6(name):
     torch.testing.assert_close(v.g2, v.d_sigma2 - 2 * v.r * v.sigma**2)
 
 
-@pytest.mark.parametrize("name", ["linear", "cosine", "learned"])
+@pytest.mark.parametrize("name", ["log_snr", "linear", "cosine", "learned"])
 def test_variance_preserving(name):
     v = ALL[name](T)
     torch.testing.assert_close(v.alpha**2 + v.sigma**2, torch.ones_like(T))
@@ -105,6 +107,15 @@ def test_expanded_times_give_the_values_of_repeated_times(name):
         torch.testing.assert_close(getattr(expanded, field), getattr(repeated, field))
 
 
+def test_log_snr_schedule_is_linear_in_gamma_between_vdm_ends():
+    sched = LogSNRLinearSchedule()
+    t = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    v = sched(t)
+    torch.testing.assert_close(v.gamma, torch.tensor([-13.3, -13.3 + 18.3 / 4, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(v.d_gamma, torch.full_like(t, 18.3))
+    torch.testing.assert_close(v.alpha[0] ** 2, torch.sigmoid(torch.tensor(13.3, dtype=torch.float64)))
+
+
 def test_learned_schedule_is_trainable():
     sched = LearnedVPSchedule(hidden=8)
     sched(torch.rand(16)).gamma.sum().backward()
@@ -112,7 +123,7 @@ def test_learned_schedule_is_trainable():
 
 
 def test_registry_and_errors():
-    assert set(SCHEDULES) == {"linear", "cosine", "fm_ot", "learned"}
+    assert set(SCHEDULES) == {"log_snr", "linear", "cosine", "fm_ot", "learned"}
     with pytest.raises(ValueError, match="unknown schedule 'nope'"):
         make_schedule("nope")
     with pytest.raises(ValueError, match="gamma_min < gamma_max"):

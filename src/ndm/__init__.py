@@ -30,6 +30,7 @@ from ndm.schedules import (
     FlowMatchingOTSchedule,
     LearnedVPSchedule,
     LinearVPSchedule,
+    LogSNRLinearSchedule,
     TableVPSchedule,
     make_schedule,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "LatentNDM",
     "LearnedVPSchedule",
     "LinearVPSchedule",
+    "LogSNRLinearSchedule",
     "TableVPSchedule",
     "LossTerms",
     "NeuralDiffusion",

@@ -8,7 +8,6 @@ from torch import nn
 from ndm.autoencoder import Autoencoder
 from ndm.blur import BlurTransform
 from ndm.config import LatentConfig, ModelConfig, RunConfig
-from ndm.decoders import CategoricalDecoder, GaussianDecoder
 from ndm.latent import LatentNDM
 from ndm.model import NDM
 from ndm.nets.mlp import TimeMLP
@@ -77,20 +76,20 @@ def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
     return IdentityTransform()
 
 
-def build_model(cfg: ModelConfig, shape: tuple[int, ...], num_levels: int | None = None) -> NDM:
-    """An NDM on examples of ``shape``: predictor and transform networks share one
-    architecture and one schedule; ``num_levels`` selects the categorical decoder of
-    discrete data (else the Gaussian decoder of continuous data)."""
+def build_model(cfg: ModelConfig, shape: tuple[int, ...]) -> NDM:
+    """An NDM on continuous examples of ``shape`` (points, or dequantised images) with the
+    Gaussian decoder: predictor and transform networks share one architecture and one
+    schedule; with a learned reverse variance the predictor's network has twice the
+    outputs."""
     schedule = make_schedule(cfg.schedule)
-    network = build_network(cfg, shape, zero_init_output=False)
-    decoder = GaussianDecoder() if num_levels is None else CategoricalDecoder(num_levels)
+    variance = cfg.learns_variance
+    network = build_network(cfg, shape, zero_init_output=False, outputs=2 if variance else 1)
     return NDM(
         NeuralDiffusion(schedule, build_transform(cfg, shape)),
-        Predictor(network, schedule, cfg.parameterisation),
+        Predictor(network, schedule, cfg.parameterisation, variance),
         objective=cfg.objective,
         num_steps=cfg.num_steps,
         time_sampling=cfg.time_sampling,
-        decoder=decoder,
         kinetic_weight=cfg.kinetic_weight,
     )
 
@@ -119,9 +118,10 @@ def build_latent_model(
 def build_run_model(
     cfg: RunConfig, shape: tuple[int, ...], num_levels: int | None = None
 ) -> NDM | LatentNDM:
-    """The model of a run: a latent NDM when ``cfg.latent`` asks for one, else an NDM."""
+    """The model of a run: a latent NDM when ``cfg.latent`` asks for one, else an NDM (of
+    points, or of images dequantised to a continuous density)."""
     if cfg.latent.enabled:
         if num_levels is None:
             raise ValueError("a latent NDM needs discrete images (num_levels)")
         return build_latent_model(cfg.model, cfg.latent, shape, num_levels)
-    return build_model(cfg.model, shape, num_levels)
+    return build_model(cfg.model, shape)

@@ -29,6 +29,7 @@ from ndm.timesampling import TIME_SAMPLINGS
 from ndm.transforms import DERIVATIVES
 
 TRANSFORMS = ("learned", "separable", "identity", "blur")
+REVERSE_VARIANCES = ("auto", "learned", "posterior")
 ARCHITECTURES = ("auto", "mlp", *UNET_PRESETS)
 PRECISIONS = ("fp32", "bf16")
 
@@ -98,12 +99,23 @@ class ModelConfig(_Section):
         "network of x_theta and F_phi (auto: MLP for points, CPU U-Net for images)",
         ARCHITECTURES,
     )
-    schedule: str = _option("linear", "noise schedule", SCHEDULES)
+    schedule: str = _option(
+        "log_snr",
+        "noise schedule (log_snr: gamma linear from -13.3 to 5, VDM's; linear: the paper's VP)",
+        SCHEDULES,
+    )
     parameterisation: str = _option("eps", "predictor output", PARAMETERISATIONS)
     hidden: int = _option(256, "hidden width of both MLPs", check=POSITIVE)
     depth: int = _option(3, "residual blocks of both MLPs", check=POSITIVE)
     objective: str = _option("continuous", "training objective", OBJECTIVES)
     num_steps: int = _option(1000, "steps T of the discrete objective", check=POSITIVE)
+    reverse_variance: str = _option(
+        "auto",
+        "variance of the discrete reverse steps: learned (the network also predicts "
+        "Var[x | z_t]), posterior (sigma_tilde^2, the paper's eq. 10), auto: learned for the "
+        "discrete objective, else posterior",
+        REVERSE_VARIANCES,
+    )
     time_sampling: str = _option("gamma", "p(t) of the continuous objective", TIME_SAMPLINGS)
     kinetic_weight: float = _option(
         0.0,
@@ -112,12 +124,25 @@ class ModelConfig(_Section):
         check=NON_NEGATIVE,
     )
 
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the predictor also predicts ``Var[x | z_t]`` (``reverse_variance``
+        ``learned``, or ``auto`` with the discrete objective)."""
+        if self.reverse_variance == "auto":
+            return self.objective == "discrete"
+        return self.reverse_variance == "learned"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.objective == "simple" and self.transform in ("learned", "separable"):
             raise ValueError(
                 f"objective 'simple' collapses a {self.transform} transform to 0; use objective "
                 "'continuous' or 'discrete', or transform 'identity'"
+            )
+        if self.reverse_variance == "learned" and self.objective != "discrete":
+            raise ValueError(
+                f"reverse_variance 'learned' is trained by the discrete objective; objective "
+                f"{self.objective!r} leaves it untrained: use 'auto' or 'posterior'"
             )
         if self.schedule == "fm_ot" and self.parameterisation == "eps":
             raise ValueError(

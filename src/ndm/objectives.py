@@ -1,8 +1,13 @@
 """NDM variational objectives, returned as named per-example terms in nats.
 
-Discrete time with ``T`` steps (eq. 9, 10), grid ``t_i = i / T``, ``s = t_{i-1}``::
+Discrete time with ``T`` steps (eq. 9, 10), grid ``t_i = i / T``, ``s = t_{i-1}``: with the
+mean gap ``Delta = alpha_s (F(x,s) - F(x_hat,s)) - c alpha_t (F(x,t) - F(x_hat,t))``, the
+posterior variance ``v_q = sigma_tilde^2`` and the reverse variance ``v_p``
+(:meth:`ndm.process.NeuralDiffusion.reverse_variance`), per dimension ``d``::
 
-    L_t = || alpha_s (F(x,s) - F(x_hat,s)) - c alpha_t (F(x,t) - F(x_hat,t)) ||^2 / (2 sigma_tilde^2)
+    L_t = sum_d 1/2 [ v_q / v_p - 1 - log(v_q / v_p) + Delta_d^2 / v_p ]
+
+which is eq. (10), ``||Delta||^2 / (2 sigma_tilde^2)``, when ``v_p = v_q``
 
 and the diffusion term is ``sum_i L_{t_i}``, estimated in training by ``T L_t`` at one random
 step per example. Continuous time (eq. 11 with the sign and the ``1/2`` of math.md)::
@@ -24,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ndm.decoders import Decoder, GaussianDecoder
-from ndm.predictors import Predictor
+from ndm.predictors import Predictor, predict
 from ndm.process import NeuralDiffusion, drift_from_transform
 from ndm.timesampling import sample_times
 from ndm.transforms import _per_example
@@ -69,6 +74,16 @@ def reconstruction_nll(
     return decoder.nll(x, z0, sched.alpha, sched.sigma)
 
 
+def normal_kl(mean_gap: Tensor, var_q: Tensor, var_p: Tensor) -> Tensor:
+    """``KL(N(m_q, v_q I) || N(m_p, v_p I))`` summed over dimensions, ``[B]``:
+    ``1/2 sum_d [v_q / v_p - 1 - log(v_q / v_p) + (m_q - m_p)_d^2 / v_p]``; ``mean_gap = m_q - m_p``
+    of shape ``[B, ...]``, the variances broadcastable against it."""
+    # v_q / v_p - 1 - log(v_q / v_p) = -e - log(1 - e) with e = 1 - v_q / v_p, accurate near 0
+    excess = ((var_p - var_q) / var_p).expand_as(mean_gap)
+    per_dim = 0.5 * (-excess - torch.log1p(-excess) + mean_gap**2 / var_p)
+    return per_dim.flatten(1).sum(1)
+
+
 def discrete_diffusion_term(
     process: NeuralDiffusion,
     predictor: Predictor,
@@ -78,16 +93,20 @@ def discrete_diffusion_term(
     noise: Tensor,
     transformed: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
-    """One KL term ``L_t`` of eq. (10) with the DDPM ``sigma_tilde``, per example ``[B]``;
+    """One KL term ``L_t`` with the DDPM ``sigma_tilde`` and the predictor's reverse variance
+    (the posterior's without a predicted variance: eq. 10), per example ``[B]``;
     ``transformed = (F(x, s), F(x, t))`` if the caller has them."""
     sched_s, sched_t, c, std = process.posterior_coefficients(s, t, eta=1.0)
     fx_s, fx_t = process.transform.values(x, [s, t]) if transformed is None else transformed
     a_s, a_t, c_ = (_per_example(v, x) for v in (sched_s.alpha, sched_t.alpha, c))
     z_t = a_t * fx_t + _per_example(sched_t.sigma, x) * noise
-    x_hat = predictor(z_t, t)
-    fh_s, fh_t = process.transform.values(x_hat, [s, t])
+    prediction = predict(predictor, z_t, t)
+    fh_s, fh_t = process.transform.values(prediction.mean, [s, t])
     diff = a_s * (fx_s - fh_s) - c_ * a_t * (fx_t - fh_t)
-    return diff.flatten(1).pow(2).sum(1) / (2 * std**2)
+    if prediction.variance is None:
+        return diff.flatten(1).pow(2).sum(1) / (2 * std**2)
+    var_p = process.reverse_variance(s, t, prediction.variance, x)
+    return normal_kl(diff, _per_example(std**2, x), var_p)
 
 
 def discrete_nelbo_terms(

@@ -9,6 +9,12 @@ of eq. (8)::
 
 ``eta = 1`` is the DDPM (Markovian, ``nu = gamma``) choice and ``eta = 0`` DDIM.
 
+The reverse step ``p_theta(z_s | z_t)`` takes the posterior's mean at ``x_hat``; its variance
+is a free choice that keeps the NELBO a bound (:meth:`NeuralDiffusion.reverse_variance`): the
+posterior's ``sigma_tilde^2`` (eq. 10), or with a predicted ``v_hat = Var_theta[x | z_t]`` the
+variance ``sigma_tilde^2 + (alpha_s - c alpha_t)^2 v_hat`` that ``q(z_s | z_t)`` has for
+``F = x`` (moment matching, as Analytic-DPM and improved DDPM).
+
 In continuous time, with ``nu = lambda * gamma`` (``lambda = 1``: reverse SDE,
 ``lambda = 0``: ODE), the reverse-time drift of the process conditioned on ``x'`` is::
 
@@ -68,6 +74,19 @@ class NeuralDiffusion(nn.Module):
         f_s, f_t = self.transform.values(x, [s, t])
         a_s, a_t, c = (_per_example(v, x) for v in (sched_s.alpha, sched_t.alpha, c))
         return Posterior(a_s * f_s + c * (z_t - a_t * f_t), std)
+
+    def reverse_variance(
+        self, s: Tensor, t: Tensor, variance: Tensor | None, like: Tensor, eta: float = 1.0
+    ) -> Tensor:
+        """Variance of ``p_theta(z_s | z_t)``: ``sigma_tilde^2 + (alpha_s - c alpha_t)^2 v_hat``
+        per dimension (``[B, ...]``) for a predicted ``variance = v_hat``, else ``sigma_tilde^2``
+        broadcast as ``[B, 1, ..., 1]`` against ``like``."""
+        sched_s, sched_t, c, std = self.posterior_coefficients(s, t, eta)
+        var_tilde = _per_example(std**2, like)
+        if variance is None:
+            return var_tilde
+        gain = _per_example(sched_s.alpha - c * sched_t.alpha, like)
+        return var_tilde + gain**2 * variance
 
     def drift(self, z: Tensor, x_prime: Tensor, t: Tensor, stochastic: bool = True) -> Tensor:
         """Reverse-time drift ``f(z, x', t)``: the SDE one (``nu = gamma``) or, if not

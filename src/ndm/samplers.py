@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from ndm.predictors import Predictor
+from ndm.predictors import Predictor, predict
 from ndm.process import NeuralDiffusion
 from ndm.transforms import _per_example
 
@@ -100,8 +100,13 @@ def _posterior_sampler(process, predictor, z, grid, generator, eta, keep_traject
     path = [z] if keep_trajectory else None
     for t_now, t_next in zip(grid[:-1], grid[1:], strict=True):
         t, s = _batch_time(t_now, z), _batch_time(t_next, z)
-        post = process.posterior(z, predictor(z, t), s, t, eta)
-        z = post.mean + _per_example(post.std, z) * _noise(z, generator)
+        prediction = predict(predictor, z, t)
+        post = process.posterior(z, prediction.mean, s, t, eta)
+        if eta == 1.0 and prediction.variance is not None:  # the trained reverse step
+            std = process.reverse_variance(s, t, prediction.variance, z).sqrt()
+        else:
+            std = _per_example(post.std, z)
+        z = post.mean + std * _noise(z, generator)
         if path is not None:
             path.append(z)
     trajectory = torch.stack(path) if path is not None else None
@@ -110,13 +115,16 @@ def _posterior_sampler(process, predictor, z, grid, generator, eta, keep_traject
 
 @register("ddpm")
 def ancestral(process, predictor, z, grid, *, generator=None, trajectory=False, **_):
-    """Algorithm 2: ``z_s ~ q(z_s | z_t, x_hat)`` with the DDPM ``sigma_tilde`` (``eta = 1``)."""
+    """Algorithm 2: ``z_s ~ p_theta(z_s | z_t)``, the posterior ``q(z_s | z_t, x_hat)`` with the
+    DDPM ``sigma_tilde`` (``eta = 1``), or with the reverse variance of a predictor that predicts
+    ``Var[x | z_t]`` (:meth:`~ndm.process.NeuralDiffusion.reverse_variance`)."""
     return _posterior_sampler(process, predictor, z, grid, generator, 1.0, trajectory)
 
 
 @register("ddim")
 def ddim(process, predictor, z, grid, *, generator=None, eta=0.0, trajectory=False, **_):
-    """Algorithm 2 with ``sigma_tilde = eta * (DDPM value)``; ``eta = 0`` is deterministic."""
+    """Algorithm 2 with ``sigma_tilde = eta * (DDPM value)``; ``eta = 0`` is deterministic, and
+    ``eta = 1`` is :func:`ancestral` (with a predicted variance too)."""
     return _posterior_sampler(process, predictor, z, grid, generator, float(eta), trajectory)
 
 

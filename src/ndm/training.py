@@ -44,6 +44,7 @@ from ndm.config import DataConfig, RunConfig, config_from_dict, config_to_dict
 from ndm.data.loading import Splits, load_splits, model_input
 from ndm.distributed import Distributed, init_distributed, mean_over_processes, shard_seed
 from ndm.latent import LatentNDM, stage_at
+from ndm.likelihood import bits_per_dim, dequantisation_offset
 from ndm.model import NDM
 
 CHECKPOINT = "checkpoint.pt"
@@ -284,6 +285,8 @@ def train(
 
     data = data.to(device)
     dims = math.prod(shape)
+    # a pixel model is a density of dequantised images; a latent one's decoder is discrete
+    offset = dequantisation_offset(splits.num_levels) if splits.is_image and not latent else 0.0
     window: list[dict[str, float]] = []
     last_saved = f"step {start}" if state is not None else "none written yet"
     progress = tqdm(
@@ -320,7 +323,7 @@ def train(
             means = {k: sum(v[k] for v in window) / len(window) for k in window[0]}
             line = {"step": step} | means | {"lr": values["lr"]}
             if splits.is_image and "nelbo" in line:
-                line["bits_per_dim"] = line["nelbo"] / (dims * math.log(2))
+                line["bits_per_dim"] = float(bits_per_dim(torch.tensor(line["nelbo"]), dims, offset))
             with (run_dir / METRICS).open("a") as file:
                 file.write(json.dumps(line) + "\n")
             if writer is not None:

@@ -1,10 +1,12 @@
 """One entry point for every dataset a run can use: toy 2-D data or images.
 
 Toy data are float ``[N, 2]`` points used as they are. Images are integer levels
-``[N, C, H, W]`` with ``L`` levels; the model sees them at the bin centres
-``x = (2 k + 1) / L - 1`` in ``[-1, 1]`` (discrete data with the categorical decoder), with
-random horizontal flips in training for datasets that use them, and uniformly dequantised
-for the ODE likelihood (:func:`ndm.data.images.dequantise`).
+``[N, C, H, W]`` with ``L`` levels. The model is a density of uniformly dequantised images
+``x = 2 (k + u) / L - 1`` in ``[-1, 1]`` (:func:`ndm.data.images.dequantise`): it trains on
+them with fresh noise ``u`` at every step (and random horizontal flips for datasets that use
+them), and its NLL and NELBO are scored on them, so that both bound the same discrete
+likelihood (:func:`ndm.likelihood.dequantisation_offset`). Plots and FID see the bin centres
+``x = (2 k + 1) / L - 1``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from ndm.data.images import (
     IMAGE_DATASETS,
+    dequantise,
     load_image_dataset,
     random_horizontal_flip,
     to_model_space,
@@ -83,11 +86,14 @@ def load_splits(
 def model_input(
     batch: Tensor, splits: Splits, generator: torch.Generator | None, augment: bool
 ) -> Tensor:
-    """What the model sees: toy points as float32, images at their bin centres in [-1, 1]
-    (flipped at random when ``augment`` and the dataset uses flips)."""
+    """What the model sees: toy points as float32; images in ``[-1, 1]``, with ``augment``
+    (training) uniformly dequantised with noise from ``generator`` and then flipped at random
+    if the dataset uses flips, else at their bin centres."""
     if not splits.is_image:
         return batch.float()
-    x = to_model_space(batch, splits.num_levels)
-    if augment and splits.flips:
+    if not augment:
+        return to_model_space(batch, splits.num_levels)
+    x = dequantise(batch, splits.num_levels, generator)
+    if splits.flips:
         x = random_horizontal_flip(x, generator)
     return x
