@@ -99,7 +99,7 @@ def overhead_table(batch: int, steps: int, repeats: int) -> list[str]:
         ("NDM, separable", "separable"),
     ):
         torch.manual_seed(0)
-        model = build_model(ModelConfig(transform=transform, architecture="cpu16"), SHAPE, 256)
+        model = build_model(ModelConfig(transform=transform, architecture="cpu16"), SHAPE)
         model.eval()
         networks = [model.predictor.net]
         if transform != "identity":
@@ -127,7 +127,7 @@ def diffusers_table(batch: int, steps: int, repeats: int) -> list[str]:
         num_train_timesteps=1000, beta_schedule="linear", clip_sample=False, set_alpha_to_one=False
     )
     torch.manual_seed(0)
-    model = build_model(ModelConfig(transform="identity", architecture="cpu16"), SHAPE, 256)
+    model = build_model(ModelConfig(transform="identity", architecture="cpu16"), SHAPE)
     schedule = TableVPSchedule(scheduler.alphas_cumprod)
     model.process.schedule = model.predictor.schedule = schedule
     network = model.predictor.net.eval()

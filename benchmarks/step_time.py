@@ -126,7 +126,7 @@ def build(
         objective=objective,
         transform_derivative=derivative,
     )
-    return build_model(cfg, shape, None if len(shape) == 1 else 256)
+    return build_model(cfg, shape)
 
 
 MODELS = {  # name: (transform, derivative of a learned transform)

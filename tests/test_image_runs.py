@@ -107,7 +107,9 @@ def test_training_batches_are_dequantised_with_fresh_noise():
     assert torch.equal(torch.floor((x1 + 1) * 17 / 2).long(), batch.long())  # in each level's bin
     centre = model_input(batch, splits, None, augment=False)
     within = (x1 - centre) * 17 / 2  # position in the bin, uniform on [-1/2, 1/2)
-    assert abs(float(within.mean())) < 0.01 and float(within.var()) == pytest.approx(1 / 12, rel=0.05)
+    assert abs(float(within.mean())) < 0.01 and float(within.var()) == pytest.approx(
+        1 / 12, rel=0.05
+    )
     assert not torch.equal(x1, x2)
 
 

@@ -22,7 +22,6 @@ from ndm.schedules import LinearVPSchedule, LogSNRLinearSchedule, make_schedule
 from tests.lattice_oracle import (
     LatticeOracle,
     centres,
-    entropy_nats,
     level_probabilities,
     make_transform,
     sample_levels,
@@ -136,7 +135,9 @@ def _quadrature_terms(num_levels, skewed, num_steps):
         var_q = sigma[i - 1] ** 2 * -np.expm1(gamma[i - 1] - gamma[i])
         gain = alpha[i - 1] * -np.expm1(gamma[i - 1] - gamma[i])  # alpha_s - c alpha_t
         var_p = var_q + gain**2 * var
-        kl = 0.5 * (var_q / var_p - 1 - np.log(var_q / var_p) + gain**2 * (v[:, None] - mean) ** 2 / var_p)
+        kl = 0.5 * (
+            var_q / var_p - 1 - np.log(var_q / var_p) + gain**2 * (v[:, None] - mean) ** 2 / var_p
+        )
         kls.append(float((p[:, None] * weights * kl).sum()))
     z0 = alpha[0] * v[:, None] + sigma[0] * nodes[None, :]
     logits = -((z0[..., None] - alpha[0] * v) ** 2) / (2 * sigma[0] ** 2)
@@ -160,7 +161,11 @@ def test_each_term_matches_an_independent_quadrature():
         noise = torch.randn(x.shape, generator=generator, dtype=torch.float64)
         term = discrete_diffusion_term(process, oracle, x, t - 1 / num_steps, t, noise)
         stderr = float(term.std()) / math.sqrt(n)
-        assert abs(float(term.mean()) - expected) < 4 * stderr + 1e-4, (i, float(term.mean()), expected)
+        assert abs(float(term.mean()) - expected) < 4 * stderr + 1e-4, (
+            i,
+            float(term.mean()),
+            expected,
+        )
 
 
 def test_gaussian_kl_with_unequal_variances_matches_torch_distributions():
@@ -208,7 +213,11 @@ def test_ode_nll_of_the_dequantised_oracle_equals_the_entropy(num_levels, skewed
     assert abs(float((nll - exact).mean())) / (2 * math.log(2)) < 0.01
 
     def excess(nats):  # bits/dim above -log2 P(levels), per example
-        return nats / (2 * math.log(2)) + dequantisation_offset(num_levels) + probs.log2()[levels].mean(1)
+        return (
+            nats / (2 * math.log(2))
+            + dequantisation_offset(num_levels)
+            + probs.log2()[levels].mean(1)
+        )
 
     mean, stderr = float(excess(nll).mean()), float(excess(nll).std()) / 8
     if not skewed:  # a constant density: smoothing it changes nothing but the two ends

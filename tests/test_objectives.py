@@ -316,3 +316,22 @@ def test_separable_transform_gives_the_nelbo_of_its_function(objective: str):
     torch.testing.assert_close(terms[0].diffusion, diffusion)
     identity_prior = NeuralDiffusion(predictor.schedule, IdentityTransform()).prior_kl(x)
     assert terms[0].prior.sub(identity_prior).abs().max() > 1e-4
+
+
+def test_predictor_of_the_variance_splits_its_channels_and_checks_them():
+    schedule = LinearVPSchedule()
+    z, t = torch.randn(3, 2), torch.rand(3)
+    predictor = Predictor(TimeMLP(2, hidden=8, depth=1, out_dim=4), schedule, "eps", variance=True)
+    prediction = predictor.predict(z, t)
+    out = predictor.net(z, t)
+    sched = schedule(t)
+    torch.testing.assert_close(
+        prediction.mean, (z - sched.sigma[:, None] * out[:, :2]) / sched.alpha[:, None]
+    )
+    torch.testing.assert_close(prediction.variance, out[:, 2:].exp() * sched.sigma[:, None] ** 2)
+    torch.testing.assert_close(predictor(z, t), prediction.mean)
+    short = Predictor(TimeMLP(2, hidden=8, depth=1), schedule, "eps", variance=True)
+    with pytest.raises(ValueError, match="needs 4 output channels"):
+        short(z, t)
+    with pytest.raises(ValueError, match="reverse_variance 'learned'"):
+        ModelConfig(objective="continuous", reverse_variance="learned")

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from ndm.predictors import Prediction
 from ndm.process import NeuralDiffusion
 from ndm.samplers import SAMPLERS, get_sampler, time_grid
 from ndm.schedules import CosineSchedule, LinearVPSchedule
@@ -104,3 +105,37 @@ def test_unknown_sampler_and_bad_grid():
         time_grid(0)
     with pytest.raises(ValueError, match="unknown ODE method"):
         get_sampler("ode")(process, predictor, torch.randn(2, 2), time_grid(2), method="rk45")
+
+
+class _ConstantVariance(torch.nn.Module):
+    """``x_hat = 0`` and ``Var[x | z_t] = 0.3`` per dimension, whatever ``z``."""
+
+    def predict(self, z, t):
+        return Prediction(torch.zeros_like(z), torch.full_like(z, 0.3))
+
+    def forward(self, z, t):
+        return torch.zeros_like(z)
+
+
+def test_ancestral_sampler_draws_with_the_predicted_reverse_variance():
+    """One step ``t = 0.05 -> 0`` from a fixed ``z_t``: ``z_0`` spreads with ``sigma_tilde^2 +
+    (alpha_s - c alpha_t)^2 v_hat`` under ``ddpm``, with ``eta^2 sigma_tilde^2`` under DDIM."""
+    schedule = LinearVPSchedule().double()
+    process = NeuralDiffusion(schedule, IdentityTransform())
+    z = torch.full((40000, 1), 0.5, dtype=torch.float64)
+    grid = torch.tensor([0.05, 0.0], dtype=torch.float64)
+    s, t = grid[1:], grid[:1]
+    learned = process.reverse_variance(s, t, torch.full((1, 1), 0.3, dtype=torch.float64), z[:1])
+    posterior = process.reverse_variance(s, t, None, z[:1])
+    assert float(learned) > 2 * float(posterior)
+    alpha0 = float(schedule(s).alpha)
+    for name, options, variance in (
+        ("ddpm", {}, float(learned)),
+        ("ddim", {"eta": 0.5}, 0.25 * float(posterior)),
+    ):
+        generator = torch.Generator().manual_seed(0)
+        result = get_sampler(name)(
+            process, _ConstantVariance(), z, grid, generator=generator, **options
+        )
+        spread = float((result.sample * alpha0).var())
+        assert spread == pytest.approx(variance, rel=0.03), name

@@ -111,9 +111,13 @@ def test_log_snr_schedule_is_linear_in_gamma_between_vdm_ends():
     sched = LogSNRLinearSchedule()
     t = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
     v = sched(t)
-    torch.testing.assert_close(v.gamma, torch.tensor([-13.3, -13.3 + 18.3 / 4, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        v.gamma, torch.tensor([-13.3, -13.3 + 18.3 / 4, 5.0], dtype=torch.float64)
+    )
     torch.testing.assert_close(v.d_gamma, torch.full_like(t, 18.3))
-    torch.testing.assert_close(v.alpha[0] ** 2, torch.sigmoid(torch.tensor(13.3, dtype=torch.float64)))
+    torch.testing.assert_close(
+        v.alpha[0] ** 2, torch.sigmoid(torch.tensor(13.3, dtype=torch.float64))
+    )
 
 
 def test_learned_schedule_is_trainable():

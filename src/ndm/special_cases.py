@@ -52,13 +52,14 @@ SPECIAL_CASES: MappingProxyType[str, SpecialCase] = MappingProxyType(
         "ddpm": _case(
             "DDPM / DDIM",
             "z_t ~ N(alpha_t x, sigma_t^2 I) with " + _LINEAR_VP + ". "
-            "Trained on the discrete NELBO with T = 1000 steps; DDIM is the same model "
-            "sampled with the 'ddim' sampler.",
+            "Trained on the discrete NELBO with T = 1000 steps and DDPM's fixed reverse "
+            "variance sigma_tilde^2; DDIM is the same model sampled with the 'ddim' sampler.",
             transform="identity",
             schedule="linear",
             parameterisation="eps",
             objective="discrete",
             num_steps=1000,
+            reverse_variance="posterior",
         ),
         "flow_matching": _case(
             "Flow matching (OT)",

@@ -323,7 +323,9 @@ def train(
             means = {k: sum(v[k] for v in window) / len(window) for k in window[0]}
             line = {"step": step} | means | {"lr": values["lr"]}
             if splits.is_image and "nelbo" in line:
-                line["bits_per_dim"] = float(bits_per_dim(torch.tensor(line["nelbo"]), dims, offset))
+                line["bits_per_dim"] = float(
+                    bits_per_dim(torch.tensor(line["nelbo"]), dims, offset)
+                )
             with (run_dir / METRICS).open("a") as file:
                 file.write(json.dumps(line) + "\n")
             if writer is not None:
