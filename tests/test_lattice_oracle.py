@@ -19,7 +19,7 @@ from ndm.likelihood import continuous_nelbo, dequantisation_offset, discrete_nel
 from ndm.objectives import discrete_diffusion_term, normal_kl, reconstruction_nll
 from ndm.process import NeuralDiffusion
 from ndm.schedules import LinearVPSchedule, LogSNRLinearSchedule, make_schedule
-from tests.lattice_oracle import (
+from ndm.lattice_oracle import (
     LatticeOracle,
     centres,
     level_probabilities,

@@ -1,4 +1,4 @@
-"""Lattice data with independent dimensions, where the posterior over the levels is exact.
+"""An oracle for checking likelihoods: lattice data whose posterior over the levels is exact.
 
 Each of ``D`` dimensions takes the value ``v_k = (2 k + 1) / L - 1`` (the bin centres of ``L``
 levels in ``[-1, 1]``) with probability ``pi_k``, independently; the entropy is
