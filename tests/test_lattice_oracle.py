@@ -15,10 +15,6 @@ from scipy.special import logsumexp
 
 from ndm.config import ModelConfig
 from ndm.decoders import CategoricalDecoder, GaussianDecoder
-from ndm.likelihood import continuous_nelbo, dequantisation_offset, discrete_nelbo, ode_nll
-from ndm.objectives import discrete_diffusion_term, normal_kl, reconstruction_nll
-from ndm.process import NeuralDiffusion
-from ndm.schedules import LinearVPSchedule, LogSNRLinearSchedule, make_schedule
 from ndm.lattice_oracle import (
     LatticeOracle,
     centres,
@@ -27,6 +23,10 @@ from ndm.lattice_oracle import (
     sample_levels,
     smoothed_nll,
 )
+from ndm.likelihood import continuous_nelbo, dequantisation_offset, discrete_nelbo, ode_nll
+from ndm.objectives import discrete_diffusion_term, normal_kl, reconstruction_nll
+from ndm.process import NeuralDiffusion
+from ndm.schedules import LinearVPSchedule, LogSNRLinearSchedule, make_schedule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
