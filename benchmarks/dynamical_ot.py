@@ -192,7 +192,7 @@ def main() -> None:
 
     base = RunConfig(
         DataConfig(),
-        ModelConfig(hidden=args.hidden, depth=args.depth),
+        ModelConfig(hidden=args.hidden, depth=args.depth, schedule="linear"),
         TrainConfig(
             steps=args.steps,
             batch_size=args.batch_size,

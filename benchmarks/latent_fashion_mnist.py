@@ -82,6 +82,7 @@ def _config(args: argparse.Namespace, transform: str) -> RunConfig:
             architecture=p["architecture"],
             objective="continuous",
             time_sampling="gamma",
+            schedule="linear",
         ),
         latent=LatentConfig(
             latent_mode=p["latent_mode"],

@@ -125,6 +125,7 @@ def build(
         architecture=arch,
         objective=objective,
         transform_derivative=derivative,
+        reverse_variance="posterior",  # one output per network, as in the committed tables
     )
     return build_model(cfg, shape)
 

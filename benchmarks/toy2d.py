@@ -74,6 +74,7 @@ def main() -> None:
     base = replace(
         base,
         data=replace(base.data, dataset=args.dataset),
+        model=replace(base.model, schedule="linear"),  # the schedule of the committed table
         train=replace(base.train, steps=args.steps, checkpoint_every=args.steps),
         eval=replace(base.eval, n_eval=args.n_eval),
     )
