@@ -167,3 +167,12 @@ def test_bad_train_values_write_nothing(tmp_path, capsys, flags, message):
     assert main(["train", "--run-dir", str(run), *flags]) in (1, 2)
     one_line_error(capsys, message)
     assert not run.exists()
+
+
+def test_sample_never_overwrites_the_checkpoint(run_copy, capsys):
+    """``--out RUN/checkpoint.png`` would write its tensor to ``RUN/checkpoint.pt``."""
+    before = snapshot(run_copy)
+    args = ["sample", str(run_copy), "--sampler", "ddim", "--steps", "2", "--n", "4"]
+    assert main([*args, "--out", str(run_copy / "checkpoint.png")]) == 1
+    one_line_error(capsys, "would overwrite", "checkpoint.pt", "which the run needs")
+    assert snapshot(run_copy) == before

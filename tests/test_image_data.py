@@ -353,3 +353,38 @@ def test_bad_names_and_paths(tmp_path: Path) -> None:
         load_image_dataset("folder", tmp_path)
     with pytest.raises(ValueError, match="it takes no path"):
         load_image_dataset("digits", tmp_path)
+
+
+class _Payload:
+    """Unpickling this calls ``os.system``: what a malicious dataset would ship."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_malicious_cifar_pickle_runs_no_code(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar(folder)
+    marker = tmp_path / "executed"
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], b"x": _Payload(marker)}
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(ValueError, match="refused to load posix.system|refused to load os.system"):
+        load_image_dataset("cifar10", folder)
+    assert not marker.exists()
+
+
+def test_cifar_batches_in_the_python2_format_still_load(tmp_path: Path) -> None:
+    """The real batches are protocol-2 pickles with numpy arrays and bytes keys."""
+    folder = tmp_path / "cifar-10-batches-py"
+    images, labels = write_cifar(folder)
+    for name in ("data_batch_1", "test_batch"):
+        batch = pickle.loads((folder / name).read_bytes())
+        batch[b"batch_label"] = b"training batch 1 of 5"
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    data = load_image_dataset("cifar10", folder)
+    assert data.train.shape[1:] == (3, 32, 32)

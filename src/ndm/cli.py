@@ -39,7 +39,7 @@ from ndm.latent import LatentNDM
 from ndm.model import NDM
 from ndm.plots import plot_samples, plot_trajectories, plot_transform
 from ndm.samplers import ODE_METHODS, SAMPLERS
-from ndm.training import load_data, load_run, load_run_config, train
+from ndm.training import METRICS_SUMMARY, RUN_FILES, load_data, load_run, load_run_config, train
 
 TRAJECTORY_STEPS = 50
 TRANSFORM_POINTS = 2000
@@ -135,7 +135,7 @@ def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path) -> dict:
         plot_transform(model, splits.test[:TRANSFORM_POINTS], run_dir / "transform.png")
         plot_trajectories(result.trajectory, run_dir / "trajectories.png")
     metrics = _metrics(model, cfg, splits)
-    save_json(run_dir / "metrics.json", metrics)
+    save_json(run_dir / METRICS_SUMMARY, metrics)
     return metrics
 
 
@@ -176,6 +176,12 @@ def _sample(args: argparse.Namespace) -> None:
     out = Path(args.out or Path(args.run) / f"samples-{args.sampler}-{args.steps}.png")
     if out.suffix != ".png":
         raise ValueError(f"--out must name a .png file, got {out}")
+    needed = {(Path(args.run) / name).resolve() for name in RUN_FILES}
+    for path in (out, out.with_suffix(".pt")):
+        if path.resolve() in needed:
+            raise ValueError(
+                f"--out would overwrite {path}, which the run needs; choose another name"
+            )
     cfg, model = load_run(args.run)
     splits = load_data(cfg.data)
     options = {
@@ -214,7 +220,7 @@ def _eval(args: argparse.Namespace) -> None:
     }
     cfg = replace(cfg, eval=replace(cfg.eval, **changes))
     metrics = _metrics(model, cfg, load_data(cfg.data))
-    save_json(Path(args.run) / "metrics.json", metrics)
+    save_json(Path(args.run) / METRICS_SUMMARY, metrics)
     print(_summary(metrics))
 
 

@@ -50,6 +50,8 @@ from ndm.model import NDM
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+METRICS_SUMMARY = "metrics.json"
+RUN_FILES = (CHECKPOINT, CONFIG, METRICS, METRICS_SUMMARY)
 RUN_KEYS = ("config", "step", "model", "ema", "shape", "num_levels")
 MODEL_KINDS = ("pixel", "latent")
 

@@ -119,13 +119,37 @@ def read_mnist(directory: Path) -> Split:
     return Split(*_read_mnist_part(directory, "train"), *_read_mnist_part(directory, "t10k"))
 
 
+# What CIFAR-10 batches reference besides dicts, lists, ints and bytes: numpy arrays, and the
+# encoder of bytes in protocol-2 pickles written by python 3.
+_CIFAR_GLOBALS = {
+    ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that builds containers and numpy arrays only: any other global a pickle
+    names (a function to call, a class to build) is refused, so reading runs no code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name}: a CIFAR-10 batch holds only numpy arrays"
+            )
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    """The dict pickled in ``path``, keys as bytes (python-2 strings are read as bytes)."""
+    """The dict pickled in ``path``, keys as bytes (python-2 strings are read as bytes),
+    read by :class:`_ArrayUnpickler`, which executes nothing."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: CIFAR-10 batch not found")
     try:
         with path.open("rb") as file:
-            batch = pickle.load(file, encoding="bytes")
+            batch = _ArrayUnpickler(file, encoding="bytes").load()
     except Exception as error:
         raise ValueError(f"{path}: not a CIFAR-10 python pickle batch ({error})") from error
     if not isinstance(batch, dict):
