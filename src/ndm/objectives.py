@@ -103,8 +103,6 @@ def discrete_diffusion_term(
     prediction = predict(predictor, z_t, t)
     fh_s, fh_t = process.transform.values(prediction.mean, [s, t])
     diff = a_s * (fx_s - fh_s) - c_ * a_t * (fx_t - fh_t)
-    if prediction.variance is None:
-        return diff.flatten(1).pow(2).sum(1) / (2 * std**2)
     var_p = process.reverse_variance(s, t, prediction.variance, x)
     return normal_kl(diff, _per_example(std**2, x), var_p)
 
