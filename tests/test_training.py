@@ -301,3 +301,75 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
         file.write(json.dumps({"step": 7, "loss": 0.0}) + "\n")
     train(tiny(steps=8), run, resume=True)
     assert logged_steps(run) == [2, 4, 6, 8]
+
+
+# --- stops, writers, temporary files --------------------------------------------------
+
+_SLOW_RUN = """
+import sys, torch
+from ndm.config import *
+from ndm.training import train
+torch.set_num_threads(1)
+cfg = RunConfig(DataConfig(n_train=256, n_test=64), ModelConfig(hidden=16, depth=1),
+                TrainConfig(steps={steps}, batch_size=32, warmup_steps=3, checkpoint_every=1000,
+                            log_every=1000),
+                EvalConfig(n_eval=16))
+print("started", flush=True)
+train(cfg, sys.argv[1], resume=len(sys.argv) > 2)
+"""
+
+
+def _start(run, steps: int, *extra: str):
+    import subprocess
+    import sys
+
+    code = _SLOW_RUN.format(steps=steps)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(run), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigterm_writes_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    import signal
+    import time
+
+    run, whole = tmp_path / "stopped", tmp_path / "whole"
+    proc = _start(run, 100_000)
+    assert proc.stdout.readline().strip() == "started"
+    while not (run / "config.json").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)  # some steps, far from the first checkpoint at step 1000
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "stopped by SIGTERM after step" in err, err
+    stopped_at = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert 0 < stopped_at < 1000
+    # continue to stopped_at + 5 steps; compare with a run that never stopped
+    cfg = replace(tiny(steps=stopped_at + 5), data=DataConfig(n_train=256, n_test=64))
+    cfg = replace(cfg, train=replace(cfg.train, checkpoint_every=1000, log_every=1000))
+    train(cfg, run, resume=True)
+    train(cfg, whole)
+    a, b = load_checkpoint(run / "checkpoint.pt"), load_checkpoint(whole / "checkpoint.pt")
+    for key in ("model", "ema"):
+        assert all(torch.equal(a[key][name], b[key][name]) for name in b[key])
+
+
+def test_a_second_writer_is_refused_and_stale_temporaries_removed(tmp_path):
+    import time
+
+    run = tmp_path / "run"
+    train(tiny(), run)
+    stale = run / ".checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"partial")
+    proc = _start(run, 100_000, "--resume")
+    assert proc.stdout.readline().strip() == "started"
+    while stale.exists():  # the first writer holds the folder and has cleaned it
+        time.sleep(0.05)
+    with pytest.raises(ValueError, match="in use by another ndm process"):
+        train(tiny(steps=9), run, resume=True)
+    proc.terminate()
+    proc.communicate(timeout=120)
+    assert no_temp_files(run)

@@ -38,6 +38,7 @@ from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predi
 from ndm.latent import LatentNDM
 from ndm.model import NDM
 from ndm.plots import plot_samples, plot_trajectories, plot_transform
+from ndm.run_guard import RunStopped
 from ndm.samplers import ODE_METHODS, SAMPLERS
 from ndm.training import METRICS_SUMMARY, RUN_FILES, load_data, load_run, load_run_config, train
 
@@ -282,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, FloatingPointError) as error:
         print(f"ndm {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except RunStopped as stopped:
+        print(f"ndm {args.command}: {stopped}; continue it with --resume", file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print(f"ndm {args.command}: interrupted (the last checkpoint is kept)", file=sys.stderr)
         return 130

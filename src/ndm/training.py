@@ -46,6 +46,7 @@ from ndm.distributed import Distributed, init_distributed, mean_over_processes, 
 from ndm.latent import LatentNDM, stage_at
 from ndm.likelihood import bits_per_dim, dequantisation_offset
 from ndm.model import NDM
+from ndm.run_guard import RunStopped, StopSignals, exclusive_run_folder, remove_stale_temporaries
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -211,9 +212,11 @@ def train(
 
     ``train_data`` (``[N, D]`` points) replaces the configured dataset. With ``resume``,
     continue the checkpoint in ``run_dir`` up to ``cfg.train.steps``; without it, a run
-    folder that already holds a checkpoint is refused. Bad data and refused runs raise
-    before anything is written; a non-finite loss or gradient raises ``FloatingPointError``
-    and leaves the last checkpoint as it was. Under ``torchrun`` every process calls this.
+    folder that already holds a checkpoint is refused, and so is a folder another process
+    is training in. Bad data and refused runs raise before anything is written; a non-finite
+    loss or gradient raises ``FloatingPointError`` and leaves the last checkpoint as it was.
+    ``SIGTERM`` or ``SIGINT`` stops the run after the current step with a checkpoint of it
+    (:class:`ndm.run_guard.RunStopped`). Under ``torchrun`` every process calls this.
     """
     run_dir = Path(run_dir)
     if train_data is None:
@@ -261,93 +264,107 @@ def train(
         DistributedDataParallel(model, find_unused_parameters=latent) if place.enabled else model
     )
 
+    guard = contextlib.ExitStack()
     writer = None
     if place.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        guard.enter_context(exclusive_run_folder(run_dir))
+        remove_stale_temporaries(run_dir)
         save_json(run_dir / CONFIG, config_to_dict(cfg))
         _keep_metrics_until(run_dir / METRICS, start)
         writer = _tensorboard(run_dir)
+    stop = guard.enter_context(StopSignals())
+    with guard:
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "config": config_to_dict(cfg),
-                "step": step,
-                "shape": list(shape),
-                "num_levels": splits.num_levels,
-                "model": model.state_dict(),
-                "ema": ema.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": batches.get_state(),
-                "rng": _rng_state(device),
-            },
+        def checkpoint(step: int) -> None:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "config": config_to_dict(cfg),
+                    "step": step,
+                    "shape": list(shape),
+                    "num_levels": splits.num_levels,
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": batches.get_state(),
+                    "rng": _rng_state(device),
+                },
+            )
+
+        data = data.to(device)
+        dims = math.prod(shape)
+        # a pixel model is a density of dequantised images; a latent one's decoder is discrete
+        offset = dequantisation_offset(splits.num_levels) if splits.is_image and not latent else 0.0
+        window: list[dict[str, float]] = []
+        last_saved = f"step {start}" if state is not None else "none written yet"
+        progress = tqdm(
+            range(start + 1, cfg.train.steps + 1),
+            initial=start,
+            total=cfg.train.steps,
+            disable=not place.is_main,
         )
-
-    data = data.to(device)
-    dims = math.prod(shape)
-    # a pixel model is a density of dequantised images; a latent one's decoder is discrete
-    offset = dequantisation_offset(splits.num_levels) if splits.is_image and not latent else 0.0
-    window: list[dict[str, float]] = []
-    last_saved = f"step {start}" if state is not None else "none written yet"
-    progress = tqdm(
-        range(start + 1, cfg.train.steps + 1),
-        initial=start,
-        total=cfg.train.steps,
-        disable=not place.is_main,
-    )
-    for step in progress:
-        began = time.perf_counter()
-        if latent:
-            model.stage = stage_at(step, cfg.latent.autoencoder_steps)
-            if stage_change and step == stage_change + 1:
-                ema.module.autoencoder.load_state_dict(model.autoencoder.state_dict())
-        index = torch.randint(data.shape[0], (cfg.train.batch_size,), generator=batches)
-        micro_batches = []
-        for m in range(cfg.train.grad_accum):
-            shard = place.rank * cfg.train.grad_accum + m
-            generator = torch.Generator(device).manual_seed(shard_seed(cfg.train.seed, step, shard))
-            rows = index[shard * per_micro : (shard + 1) * per_micro].to(device)
-            x = model_input(data[rows], splits, generator, augment=True)
-            micro_batches.append((x, generator))
-        try:
-            values = _step(wrapped, optimizer, micro_batches, cfg, place)
-        except FloatingPointError as error:
-            raise FloatingPointError(
-                f"{error} at step {step}; training stopped, last checkpoint kept ({last_saved})"
-            ) from error
-        scheduler.step()
-        ema.update_parameters(model)
-        window.append(values | {"seconds_per_step": time.perf_counter() - began})
-
-        if place.is_main and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
-            means = {k: sum(v[k] for v in window) / len(window) for k in window[0]}
-            line = {"step": step} | means | {"lr": values["lr"]}
-            if splits.is_image and "nelbo" in line:
-                line["bits_per_dim"] = float(
-                    bits_per_dim(torch.tensor(line["nelbo"]), dims, offset)
+        for step in progress:
+            began = time.perf_counter()
+            if latent:
+                model.stage = stage_at(step, cfg.latent.autoencoder_steps)
+                if stage_change and step == stage_change + 1:
+                    ema.module.autoencoder.load_state_dict(model.autoencoder.state_dict())
+            index = torch.randint(data.shape[0], (cfg.train.batch_size,), generator=batches)
+            micro_batches = []
+            for m in range(cfg.train.grad_accum):
+                shard = place.rank * cfg.train.grad_accum + m
+                generator = torch.Generator(device).manual_seed(
+                    shard_seed(cfg.train.seed, step, shard)
                 )
-            with (run_dir / METRICS).open("a") as file:
-                file.write(json.dumps(line) + "\n")
-            if writer is not None:
-                for key, value in line.items():
-                    if key != "step":
-                        writer.add_scalar(f"train/{key}", value, step)
-            shown = {"loss": f"{line['loss']:.3f}"}
-            if "kinetic" in line:  # else the NELBO is the loss
-                shown |= {k: f"{line[k]:.3f}" for k in ("nelbo", "kinetic") if k in line}
-            if "bits_per_dim" in line:
-                shown["bpd"] = f"{line['bits_per_dim']:.3f}"
-            progress.set_postfix(shown)
-            window = []
-        if place.is_main and (step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps):
-            checkpoint(step)
-            last_saved = f"step {step}"
-    progress.close()
-    if writer is not None:
-        writer.close()
-    return ema.module
+                rows = index[shard * per_micro : (shard + 1) * per_micro].to(device)
+                x = model_input(data[rows], splits, generator, augment=True)
+                micro_batches.append((x, generator))
+            try:
+                values = _step(wrapped, optimizer, micro_batches, cfg, place)
+            except FloatingPointError as error:
+                raise FloatingPointError(
+                    f"{error} at step {step}; training stopped, last checkpoint kept ({last_saved})"
+                ) from error
+            scheduler.step()
+            ema.update_parameters(model)
+            window.append(values | {"seconds_per_step": time.perf_counter() - began})
+
+            if place.is_main and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
+                means = {k: sum(v[k] for v in window) / len(window) for k in window[0]}
+                line = {"step": step} | means | {"lr": values["lr"]}
+                if splits.is_image and "nelbo" in line:
+                    line["bits_per_dim"] = float(
+                        bits_per_dim(torch.tensor(line["nelbo"]), dims, offset)
+                    )
+                with (run_dir / METRICS).open("a") as file:
+                    file.write(json.dumps(line) + "\n")
+                if writer is not None:
+                    for key, value in line.items():
+                        if key != "step":
+                            writer.add_scalar(f"train/{key}", value, step)
+                shown = {"loss": f"{line['loss']:.3f}"}
+                if "kinetic" in line:  # else the NELBO is the loss
+                    shown |= {k: f"{line[k]:.3f}" for k in ("nelbo", "kinetic") if k in line}
+                if "bits_per_dim" in line:
+                    shown["bpd"] = f"{line['bits_per_dim']:.3f}"
+                progress.set_postfix(shown)
+                window = []
+            if place.is_main and (
+                step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps
+            ):
+                checkpoint(step)
+                last_saved = f"step {step}"
+            if stop.signum is not None:
+                if place.is_main and last_saved != f"step {step}":
+                    checkpoint(step)
+                progress.close()
+                raise RunStopped(stop.signum, step, ckpt_path if place.is_main else None)
+        progress.close()
+        if writer is not None:
+            writer.close()
+        return ema.module
 
 
 def _checkpoint_in(run_dir: str | Path) -> Path:
