@@ -22,6 +22,7 @@ from ndm.data.images import (
     to_model_space,
     uses_flips,
 )
+from tests.payload import CodeRunningPayload
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -355,23 +356,15 @@ def test_bad_names_and_paths(tmp_path: Path) -> None:
         load_image_dataset("digits", tmp_path)
 
 
-class _Payload:
-    """Unpickling this calls ``os.system``: what a malicious dataset would ship."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_malicious_cifar_pickle_runs_no_code(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar(folder)
     marker = tmp_path / "executed"
-    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], b"x": _Payload(marker)}
+    batch = {
+        b"data": np.zeros((2, 3072), np.uint8),
+        b"labels": [0, 1],
+        b"x": CodeRunningPayload(marker),
+    }
     (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
     with pytest.raises(ValueError, match="refused to load posix.system|refused to load os.system"):
         load_image_dataset("cifar10", folder)

@@ -20,6 +20,7 @@ from ndm.config import (
     config_to_dict,
 )
 from ndm.training import load_run, train
+from tests.payload import CodeRunningPayload
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -373,3 +374,12 @@ def test_a_second_writer_is_refused_and_stale_temporaries_removed(tmp_path):
     proc.terminate()
     proc.communicate(timeout=120)
     assert no_temp_files(run)
+
+
+def test_a_checkpoint_with_pickled_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "executed"
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"config": {}, "step": 1, "model": CodeRunningPayload(marker)}, path)
+    with pytest.raises(ValueError, match="corrupt or not an ndm checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
