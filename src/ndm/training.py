@@ -4,11 +4,13 @@ A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one
 ``log_every`` steps), TensorBoard event files when ``tensorboard`` is installed, and
 ``checkpoint.pt`` (written every ``checkpoint_every`` steps and at the end). A metrics line
 holds the optimised ``loss``; for the NELBO objectives the ``nelbo`` estimate and its terms,
-and for images its ``bits_per_dim``; with a kinetic weight the unweighted ``kinetic``
+and for images its ``bits_per_dim`` (of dequantised images, with the offset
+``log2(L / 2)``, for a pixel run); with a kinetic weight the unweighted ``kinetic``
 penalty, so that ``loss = nelbo + kinetic_weight * kinetic``; and ``lr``, ``grad_norm`` and
 ``seconds_per_step``. A checkpoint stores the model, its EMA, the optimiser and LR
 scheduler, the step, the minibatch generator and the global RNG state, so a resumed run
-continues exactly the same stream as an uninterrupted one.
+continues exactly the same stream as an uninterrupted one. While it trains, a run holds its
+folder alone and stops gracefully on ``SIGTERM`` and ``SIGINT`` (:mod:`ndm.run_guard`).
 
 Each step draws a global minibatch of ``batch_size`` examples, cut into ``world_size *
 grad_accum`` equal micro-batches; micro-batch ``k`` takes its noise from a generator seeded by
