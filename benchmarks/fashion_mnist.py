@@ -27,9 +27,10 @@ from ndm.data.loading import Splits, model_input
 from ndm.evaluation import evaluate, fid_features, sample_images, sample_quality
 from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predictions_from_noise
 from ndm.model import NDM
-from ndm.training import load_data, load_run, train
+from ndm.training import load_data, load_run
 
 from report import report
+from runs import trained_model
 
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
 PRESETS = {
@@ -38,8 +39,13 @@ PRESETS = {
 }
 
 
-# label -> (transform, the paper's formulation: linear VP schedule and posterior variance)
-MODELS = {"DDPM": ("identity", False), "NDM": ("learned", False), "DDPM, paper's bound": ("identity", True)}  # fmt: skip
+# name -> (label, transform, the paper's formulation: linear VP schedule, posterior variance)
+MODELS = {
+    "ddpm": ("DDPM", "identity", False),
+    "ndm": ("NDM", "learned", False),
+    "paper": ("DDPM, paper's bound", "identity", True),
+}
+ROWS = ("ddpm:10", "ndm:10", "ddpm:1000", "ndm:1000", "paper:1000")
 
 
 def _config(
@@ -119,6 +125,9 @@ def main() -> None:
     parser.add_argument("--fid-samples", type=int, default=300)
     parser.add_argument("--classifier-steps", type=int, default=1000)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs") / "fashion-mnist")
+    parser.add_argument(
+        "--rows", nargs="+", choices=ROWS, default=list(ROWS), help="model:T rows to measure"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
 
@@ -127,20 +136,22 @@ def main() -> None:
     splits = load_data(cfg0.data)
     features, info = fid_features(splits, cfg0.eval)
     rows = []
-    for num_steps in (10, 1000):
-        for label, (transform, paper) in MODELS.items():
-            if paper and num_steps != 1000:
-                continue
-            cfg = _config(args, transform, num_steps, paper)
-            run_dir = args.runs_dir / f"{transform}{'-paper' if paper else ''}-T{num_steps}"
-            model = train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").exists())
-            model.eval()
-            rows.append((str(num_steps), label, _row(model, cfg, splits, features, num_steps)))
-            if num_steps == 1000:
-                rows.append(("1000 → 10", label, _row(model, cfg, splits, features, 10)))
-            print(label, num_steps, rows[-1][2], flush=True)
-    rows.sort(key=lambda r: ("10", "1000", "1000 → 10").index(r[0]))
+    for row in args.rows:
+        name, num_steps = row.split(":")[0], int(row.split(":")[1])
+        label, transform, paper = MODELS[name]
+        cfg = _config(args, transform, num_steps, paper)
+        run_dir = args.runs_dir / f"{transform}{'-paper' if paper else ''}-T{num_steps}"
+        model = trained_model(cfg, run_dir).eval()
+        rows.append((str(num_steps), label, _row(model, cfg, splits, features, num_steps)))
+        if num_steps == 1000:
+            rows.append(("1000 → 10", label, _row(model, cfg, splits, features, 10)))
+        # the table so far, rewritten after every model
+        report(_table(args, rows, info, time.perf_counter() - began), args.out)
+    if args.out is not None and {"ndm:1000", "ddpm:1000"} <= set(args.rows):
+        write_figures(args.runs_dir, splits, args.out.parent)
 
+
+def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> str:
     preset = PRESETS[args.preset]
     lines = [
         f"# Fashion-MNIST {preset['resolution']}x{preset['resolution']}: NDM vs DDPM "
@@ -156,23 +167,21 @@ def main() -> None:
         f"{args.fid_samples} samples against as many test images, features of a classifier "
         f"with test accuracy {info.get('classifier_test_accuracy', float('nan')):.3f}. "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
-        f"total {time.perf_counter() - began:.0f} s.",
+        f"total {seconds:.0f} s.",
         "",
         "| steps | model | NLL ↓ | NELBO ↓ | prior | diffusion | reconstruction | FID ↓ "
         "| FID* (DDIM) ↓ |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for steps, label, r in rows:
+    order = ("10", "1000", "1000 → 10")
+    for steps, label, r in sorted(rows, key=lambda row: order.index(row[0])):
         lines.append(
             f"| {steps} | {label} | {r['nll_bpd']:.3f} ± {r['nll_bpd_stderr']:.3f} | "
             f"{r['nelbo_bpd']:.3f} ± {r['nelbo_bpd_stderr']:.3f} | "
             f"{r['nelbo_prior_bpd']:.3f} | {r['nelbo_diffusion_bpd']:.3f} | "
             f"{r['nelbo_reconstruction_bpd']:.3f} | {r['fid']:.2f} | {r['fid_ddim']:.2f} |"
         )
-    table = "\n".join(lines)
-    report(table, args.out)
-    if args.out is not None:
-        write_figures(args.runs_dir, splits, args.out.parent)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

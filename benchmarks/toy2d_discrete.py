@@ -22,13 +22,12 @@ from pathlib import Path
 
 import torch
 
-from ndm.checkpoint import load_checkpoint
 from ndm.config import RunConfig
 from ndm.evaluation import evaluate
-from ndm.model import NDM
-from ndm.training import load_data, load_run, train
+from ndm.training import load_data
 
 from report import report
+from runs import trained_model
 
 LABELS = {"learned": "NDM (learned F)", "identity": "DDPM (F = x)"}
 
@@ -36,15 +35,6 @@ LABELS = {"learned": "NDM (learned F)", "identity": "DDPM (F = x)"}
 def _mean_and_stderr(values: list[float]) -> str:
     spread = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
     return f"{statistics.mean(values):.3f} ± {spread:.3f}"
-
-
-def _trained(cfg: RunConfig, run_dir: Path) -> NDM:
-    """The EMA model of ``run_dir``: trained (or resumed) up to ``cfg.train.steps``, or loaded
-    when its checkpoint is already there."""
-    checkpoint = run_dir / "checkpoint.pt"
-    if checkpoint.exists() and load_checkpoint(checkpoint)["step"] >= cfg.train.steps:
-        return load_run(run_dir)[1]
-    return train(cfg, run_dir, resume=checkpoint.exists())
 
 
 def main() -> None:
@@ -79,7 +69,7 @@ def main() -> None:
                     train=replace(base.train, seed=seed),
                 )
                 run_dir = args.runs_dir / f"{transform}-T{num_steps}-seed{seed}"
-                model = _trained(cfg, run_dir)
+                model = trained_model(cfg, run_dir)
                 metrics = evaluate(model.eval(), splits, cfg.eval)
                 results.setdefault((num_steps, transform), []).append(metrics)
                 print(num_steps, transform, seed, metrics["nelbo"], metrics["nll"], flush=True)
