@@ -383,3 +383,15 @@ def test_a_checkpoint_with_pickled_code_is_refused_without_running_it(tmp_path):
     with pytest.raises(ValueError, match="corrupt or not an ndm checkpoint"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+def test_a_run_saved_before_the_reverse_variance_option_loads_with_the_posterior_one(tmp_path):
+    run = tmp_path / "old"
+    cfg = replace(tiny(), model=replace(tiny().model, objective="discrete", num_steps=10,
+                                        reverse_variance="posterior"))  # fmt: skip
+    train(cfg, run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    del state["config"]["model"]["reverse_variance"]
+    save_checkpoint(run / "checkpoint.pt", state)
+    loaded, model = load_run(run)
+    assert loaded.model.reverse_variance == "posterior" and not model.predictor.variance

@@ -116,11 +116,21 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _saved_config(state: dict[str, Any]) -> RunConfig:
+    """The config of a checkpoint. One saved before ``model.reverse_variance`` existed used
+    the posterior variance, which its absence then means (the default is ``auto``)."""
+    saved = state["config"]
+    model = saved.get("model") if isinstance(saved, dict) else None
+    if isinstance(model, dict) and "reverse_variance" not in model:
+        saved = saved | {"model": model | {"reverse_variance": "posterior"}}
+    return config_from_dict(saved)
+
+
 def _check_resumable(
     state: dict[str, Any], cfg: RunConfig, shape: tuple[int, ...], path: Path
 ) -> None:
     """The checkpoint must match the data and model of ``cfg`` and stop before its end."""
-    saved, wanted = config_to_dict(config_from_dict(state["config"])), config_to_dict(cfg)
+    saved, wanted = config_to_dict(_saved_config(state)), config_to_dict(cfg)
     changed = [
         f"{section}.{name}"
         for section in ("data", "model", "latent")
@@ -393,7 +403,7 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> tuple[RunConfig, N
     path = _checkpoint_in(run_dir)
     state = load_checkpoint(path, RUN_KEYS)
     try:
-        cfg = config_from_dict(state["config"])
+        cfg = _saved_config(state)
         described = _kind(cfg.latent.enabled)
         if kind is not None and kind != described:
             raise ValueError(f"it holds a {described} NDM, not a {kind} NDM")
@@ -416,6 +426,6 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     path = _checkpoint_in(run_dir)
     state = load_checkpoint(path)
     try:
-        return config_from_dict(state["config"])
+        return _saved_config(state)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
