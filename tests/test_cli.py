@@ -156,7 +156,13 @@ def test_unknown_config_key_in_checkpoint(run_copy, capsys):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--batch-size", "0"], "batch_size must be positive, got 0"),
+        (["--batch-size", "0"], "batch_size must be positive and finite, got 0"),
+        (["--lr", "1e400"], "lr must be positive and finite, got inf"),
+        (
+            ["--objective", "discrete", "--num-steps", "10", "--nelbo-terms", "5000"],
+            "nelbo_terms 5000 must divide num_steps 10",
+        ),
+        (["--fid-samples", "1"], "fid_samples must be 0 (no FID) or at least 2"),
         (["--objective", "simple"], "objective 'simple' collapses a learned transform"),
         (["--lr", "fast"], "invalid float value: 'fast'"),
         (["--schedule", "bogus"], "invalid choice: 'bogus'"),
@@ -176,3 +182,11 @@ def test_sample_never_overwrites_the_checkpoint(run_copy, capsys):
     assert main([*args, "--out", str(run_copy / "checkpoint.png")]) == 1
     one_line_error(capsys, "would overwrite", "checkpoint.pt", "which the run needs")
     assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("eta", ["5", "inf", "-0.1"])
+def test_ddim_eta_out_of_range_is_refused(trained, capsys, eta):
+    before = snapshot(trained)
+    assert main(["sample", str(trained), "--sampler", "ddim", "--eta", eta]) == 2
+    one_line_error(capsys, "must be in [0, 1]")
+    assert snapshot(trained) == before

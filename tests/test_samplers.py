@@ -139,3 +139,14 @@ def test_ancestral_sampler_draws_with_the_predicted_reverse_variance():
         )
         spread = float((result.sample * alpha0).var())
         assert spread == pytest.approx(variance, rel=0.03), name
+
+
+def test_ddim_refuses_eta_outside_the_unit_interval():
+    schedule = LinearVPSchedule().double()
+    process = NeuralDiffusion(schedule, IdentityTransform())
+    z = torch.zeros(2, 1, dtype=torch.float64)
+    for eta in (1.5, float("inf"), -0.1):
+        with pytest.raises(ValueError, match=r"eta must lie in \[0, 1\]"):
+            get_sampler("ddim")(
+                process, _ConstantVariance(), z, time_grid(2, dtype=torch.float64), eta=eta
+            )

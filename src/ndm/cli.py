@@ -18,6 +18,7 @@ import torch
 
 from ndm.checkpoint import atomic_write, save_json
 from ndm.config import (
+    CLOSED_UNIT_INTERVAL,
     NON_NEGATIVE,
     POSITIVE,
     Check,
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample_p.add_argument("--steps", type=positive_int, default=100, help="sampler steps")
     sample_p.add_argument("--n", type=positive_int, default=1000, help="number of samples")
     sample_p.add_argument(
-        "--eta", type=_checked(float, NON_NEGATIVE), default=0.0, help="DDIM noise scale"
+        "--eta", type=_checked(float, CLOSED_UNIT_INTERVAL), default=0.0, help="DDIM noise scale"
     )
     sample_p.add_argument("--method", choices=ODE_METHODS, default="dopri5", help="ODE solver")
     sample_p.add_argument("--rtol", type=positive_float, default=1e-5, help="dopri5 rtol")

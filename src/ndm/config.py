@@ -11,6 +11,7 @@ command-line flags (:func:`add_config_arguments`). A flag is ``--field-name``, o
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, get_type_hints
@@ -34,9 +35,10 @@ ARCHITECTURES = ("auto", "mlp", *UNET_PRESETS)
 PRECISIONS = ("fp32", "bf16")
 
 Check = tuple[str, Callable[[Any], bool]]
-POSITIVE: Check = ("positive", lambda v: v > 0)
-NON_NEGATIVE: Check = ("non-negative", lambda v: v >= 0)
+POSITIVE: Check = ("positive and finite", lambda v: 0 < v < math.inf)
+NON_NEGATIVE: Check = ("non-negative and finite", lambda v: 0 <= v < math.inf)
 UNIT_INTERVAL: Check = ("in [0, 1)", lambda v: 0 <= v < 1)
+CLOSED_UNIT_INTERVAL: Check = ("in [0, 1]", lambda v: 0 <= v <= 1)
 
 
 def _option(default: Any, help: str, choices: Any = None, check: Check | None = None) -> Any:
@@ -290,6 +292,13 @@ class RunConfig:
                 "a latent NDM is trained on its bound; objective 'simple' is not one: use "
                 "'continuous' or 'discrete'"
             )
+        terms = self.eval.nelbo_terms
+        if self.model.objective == "discrete" and terms and self.model.num_steps % terms:
+            raise ValueError(
+                f"nelbo_terms {terms} must divide num_steps {self.model.num_steps} (0: all terms)"
+            )
+        if self.eval.fid_samples == 1:
+            raise ValueError("fid_samples must be 0 (no FID) or at least 2: FID needs a covariance")
         if self.latent.enabled and self.model.kinetic_weight > 0:
             raise ValueError(
                 "the kinetic-energy penalty is not implemented for a latent NDM; drop "

@@ -123,8 +123,10 @@ def ancestral(process, predictor, z, grid, *, generator=None, trajectory=False, 
 
 @register("ddim")
 def ddim(process, predictor, z, grid, *, generator=None, eta=0.0, trajectory=False, **_):
-    """Algorithm 2 with ``sigma_tilde = eta * (DDPM value)``; ``eta = 0`` is deterministic, and
-    ``eta = 1`` is :func:`ancestral` (with a predicted variance too)."""
+    """Algorithm 2 with ``sigma_tilde = eta * (DDPM value)``, ``eta`` in ``[0, 1]``; ``eta = 0``
+    is deterministic, and ``eta = 1`` is :func:`ancestral` (with a predicted variance too)."""
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"DDIM eta must lie in [0, 1], got {eta}")
     return _posterior_sampler(process, predictor, z, grid, generator, float(eta), trajectory)
 
 
