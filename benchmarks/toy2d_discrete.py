@@ -6,7 +6,7 @@ seed on the same budget and data, then scored on the same test points: the discr
 (the sum of all ``T`` terms) and the ODE NLL (exact divergence, dopri5), in nats. Rows give
 the mean over seeds ± the standard error over seeds; the per-seed values follow. Usage::
 
-    python benchmarks/toy2d_discrete.py --steps 600 --n-eval 300 \\
+    python benchmarks/toy2d_discrete.py --steps 600 --n-eval 300 \
         --out benchmarks/results/toy2d_discrete.md
 """
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.special import log_ndtr
 
 from ndm.predictors import Prediction
+from ndm.process import NeuralDiffusion
 from ndm.schedules import Schedule
 from ndm.transforms import AffineTransform, IdentityTransform
 
@@ -130,9 +131,8 @@ class LatticeOracle(nn.Module):
         if self.num_steps is None:
             return Prediction(mean)
         s = t - 1.0 / self.num_steps
-        sched_s, sched_t = self.schedule(s), self.schedule(t)
-        var_tilde = -(sched_s.sigma**2) * torch.expm1(sched_s.gamma - sched_t.gamma)
-        c = (sched_s.sigma**2 - var_tilde).sqrt() / sched_t.sigma
+        process = NeuralDiffusion(self.schedule, self.transform)
+        sched_s, sched_t, c, _ = process.posterior_coefficients(s, t)
         scale_s, _ = self._scale_shift(s, z.shape[1])
         scale_t, _ = self._scale_shift(t, z.shape[1])
         gain_f = sched_s.alpha[:, None] * scale_s - (c * sched_t.alpha)[:, None] * scale_t

@@ -40,12 +40,11 @@ def exclusive_run_folder(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def remove_stale_temporaries(run_dir: Path) -> list[Path]:
-    """Delete the temporary files of interrupted atomic writes in ``run_dir``; the paths."""
-    stale = [path for path in run_dir.glob(".*.tmp") if path.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files of interrupted atomic writes in ``run_dir``."""
+    for path in run_dir.glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
 
 
 class RunStopped(Exception):
