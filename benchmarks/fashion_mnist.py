@@ -84,15 +84,21 @@ def _config(
     )
 
 
-def _row(model: NDM, cfg: RunConfig, splits: Splits, features, steps: int) -> dict:
-    """NLL, NELBO (on a ``steps``-step grid) and FID / FID* with ``steps`` sampler steps."""
+def _row(
+    model: NDM, cfg: RunConfig, splits: Splits, features, steps: int, nll: dict | None = None
+) -> dict:
+    """NLL (taken from ``nll``, the row of the training grid, when given: the ODE does not
+    depend on the grid), NELBO on a ``steps``-step grid and FID / FID* with ``steps``
+    sampler steps."""
     likelihood_model = model
     if steps != model.num_steps:
         likelihood_model = NDM(
             model.process, model.predictor, "discrete", steps, model.time_sampling, model.decoder
         )
     eval_cfg = cfg.eval
-    row = evaluate(likelihood_model, splits, eval_cfg)
+    row = evaluate(likelihood_model, splits, eval_cfg, with_nll=nll is None)
+    if nll is not None:
+        row |= {key: value for key, value in nll.items() if key.startswith("nll")}
     for key, sampler in (("fid", "ddpm"), ("fid_ddim", "ddim")):
         quality = sample_quality(
             model, splits, replace(eval_cfg, fid_sampler=sampler), features, steps
@@ -121,9 +127,9 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--path", default=DEBIAN_PATH, help="folder of the IDX files")
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: the preset's)")
-    parser.add_argument("--n-eval", type=int, default=100, help="test images for NLL/NELBO")
-    parser.add_argument("--fid-samples", type=int, default=300)
-    parser.add_argument("--classifier-steps", type=int, default=1000)
+    parser.add_argument("--n-eval", type=int, default=50, help="test images for NLL/NELBO")
+    parser.add_argument("--fid-samples", type=int, default=100)
+    parser.add_argument("--classifier-steps", type=int, default=400)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs") / "fashion-mnist")
     parser.add_argument(
         "--rows", nargs="+", choices=ROWS, default=list(ROWS), help="model:T rows to measure"
@@ -142,9 +148,10 @@ def main() -> None:
         cfg = _config(args, transform, num_steps, paper)
         run_dir = args.runs_dir / f"{transform}{'-paper' if paper else ''}-T{num_steps}"
         model = trained_model(cfg, run_dir).eval()
-        rows.append((str(num_steps), label, _row(model, cfg, splits, features, num_steps)))
+        own = _row(model, cfg, splits, features, num_steps)
+        rows.append((str(num_steps), label, own))
         if num_steps == 1000:
-            rows.append(("1000 → 10", label, _row(model, cfg, splits, features, 10)))
+            rows.append(("1000 → 10", label, _row(model, cfg, splits, features, 10, own)))
         # the table so far, rewritten after every model
         report(_table(args, rows, info, time.perf_counter() - began), args.out)
     if args.out is not None and {"ndm:1000", "ddpm:1000"} <= set(args.rows):

@@ -45,23 +45,28 @@ def likelihood_metrics(
     offset: float = 0.0,
 ) -> dict:
     """Means, standard errors and bits/dim (over ``dims`` data dimensions; ``offset`` added
-    to the NLL's, the NELBO's and its reconstruction term's) of per-batch NLLs ``[B]`` and
-    NELBO terms ``[B]`` (``"total"`` among them), in the keys of :func:`evaluate`."""
+    to the NLL's, the NELBO's and its reconstruction term's) of per-batch NLLs ``[B]`` (no
+    ``nll`` keys when there are none) and NELBO terms ``[B]`` (``"total"`` among them), in
+    the keys of :func:`evaluate`."""
 
     def bpd(nats: float, shift: float = 0.0) -> float:
         return float(bits_per_dim(torch.tensor(nats), dims, shift))
 
     terms = dict(terms)
-    nll_mean, nll_stderr = _mean_and_stderr(torch.cat(nll))
-    nelbo_mean, nelbo_stderr = _mean_and_stderr(torch.cat(terms.pop("total")))
-    metrics = {
-        "n_eval": int(torch.cat(nll).shape[0]),
-        "nll": nll_mean,
-        "nll_stderr": nll_stderr,
-        "nll_bpd": bpd(nll_mean, offset),
-        "nll_bpd_stderr": bpd(nll_stderr),
-        "nll_nfe": sum(nfes) / len(nfes),
-        "nll_divergence": divergence,
+    total = torch.cat(terms.pop("total"))
+    nelbo_mean, nelbo_stderr = _mean_and_stderr(total)
+    metrics: dict = {"n_eval": int(total.shape[0])}
+    if nll:
+        nll_mean, nll_stderr = _mean_and_stderr(torch.cat(nll))
+        metrics |= {
+            "nll": nll_mean,
+            "nll_stderr": nll_stderr,
+            "nll_bpd": bpd(nll_mean, offset),
+            "nll_bpd_stderr": bpd(nll_stderr),
+            "nll_nfe": sum(nfes) / len(nfes),
+            "nll_divergence": divergence,
+        }
+    metrics |= {
         "nelbo": nelbo_mean,
         "nelbo_stderr": nelbo_stderr,
         "nelbo_bpd": bpd(nelbo_mean, offset),
@@ -74,7 +79,7 @@ def likelihood_metrics(
     return metrics
 
 
-def evaluate(model: NDM, splits: Splits, cfg: EvalConfig) -> dict:
+def evaluate(model: NDM, splits: Splits, cfg: EvalConfig, with_nll: bool = True) -> dict:
     """Likelihood metrics on the first ``cfg.n_eval`` test examples.
 
     Keys (nats per example unless ``_bpd``): ``nll`` and ``nll_stderr`` (probability-flow
@@ -83,6 +88,8 @@ def evaluate(model: NDM, splits: Splits, cfg: EvalConfig) -> dict:
     ``nll_nfe`` (network evaluations per batch, averaged), ``nelbo``, ``nelbo_stderr`` and
     its ``nelbo_prior``, ``nelbo_diffusion``, ``nelbo_reconstruction`` terms, the ``_bpd``
     version of each, and ``entropy`` / ``entropy_bpd`` of the data when known (else ``None``).
+    Without ``with_nll`` the ODE is not solved and the ``nll`` keys are absent (the NELBO of
+    another grid of the same model, whose ODE is the same).
     """
     param = next(model.parameters())
     test = splits.test[: cfg.n_eval].to(param.device)
@@ -97,16 +104,17 @@ def evaluate(model: NDM, splits: Splits, cfg: EvalConfig) -> dict:
     for batch in test.split(IMAGE_BATCH if splits.is_image else BATCH):
         x = dequantise(batch, splits.num_levels, generator) if splits.is_image else batch
         x = x.to(param.device, param.dtype)
-        batch_nll, nfe = model.nll(
-            x,
-            divergence=divergence,
-            rtol=cfg.rtol,
-            atol=cfg.atol,
-            num_probes=cfg.probes,
-            generator=generator,
-        )
-        nll.append(batch_nll.detach())
-        nfes.append(nfe)
+        if with_nll:
+            batch_nll, nfe = model.nll(
+                x,
+                divergence=divergence,
+                rtol=cfg.rtol,
+                atol=cfg.atol,
+                num_probes=cfg.probes,
+                generator=generator,
+            )
+            nll.append(batch_nll.detach())
+            nfes.append(nfe)
         nelbo = model.nelbo(x, cfg.nelbo_time_samples, generator, cfg.nelbo_terms or None)
         for key, value in nelbo.as_dict().items():
             terms[key].append(value.detach())
