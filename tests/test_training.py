@@ -30,7 +30,14 @@ def tiny(steps: int = 6, **train: object) -> RunConfig:
         DataConfig(n_train=256, n_test=64),
         ModelConfig(hidden=16, depth=1),
         TrainConfig(
-            steps=steps, batch_size=32, warmup_steps=3, checkpoint_every=3, log_every=2, **train
+            **{
+                "steps": steps,
+                "batch_size": 32,
+                "warmup_steps": 3,
+                "checkpoint_every": 3,
+                "log_every": 2,
+            }
+            | train  # fmt: skip
         ),
         EvalConfig(n_eval=16, rtol=1e-3, atol=1e-3, nelbo_time_samples=2, n_samples=64),
     )
@@ -287,10 +294,15 @@ def test_bad_training_data_is_refused_before_writing(tmp_path, data, message):
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(tiny(), run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    # finite weights whose activations overflow float32
+    state["model"] = {
+        k: v * 1e30 if v.is_floating_point() else v for k, v in state["model"].items()
+    }
+    save_checkpoint(run / "checkpoint.pt", state)
     checkpoint = (run / "checkpoint.pt").read_bytes()
-    huge = torch.full((64, 2), 1e30)  # finite data whose squares overflow float32
     with pytest.raises(FloatingPointError, match="non-finite.*step 7.*step 6"):
-        train(tiny(steps=9), run, resume=True, train_data=huge)
+        train(tiny(steps=9), run, resume=True)
     assert (run / "checkpoint.pt").read_bytes() == checkpoint
     assert no_temp_files(run)
 
@@ -395,3 +407,168 @@ def test_a_run_saved_before_the_reverse_variance_option_loads_with_the_posterior
     save_checkpoint(run / "checkpoint.pt", state)
     loaded, model = load_run(run)
     assert loaded.model.reverse_variance == "posterior" and not model.predictor.variance
+
+
+# --- resumed settings, records and inputs -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("train_change", "name"),
+    [({"lr": 10.0}, "train.lr"), ({"weight_decay": 0.5}, "train.weight_decay"),
+     ({"seed": 7}, "train.seed"), ({"batch_size": 16}, "train.batch_size")],
+)  # fmt: skip
+def test_resume_refuses_changed_optimisation_settings(tmp_path, train_change, name):
+    run = tmp_path / "run"
+    train(tiny(), run)
+    before = snapshot(run)
+    with pytest.raises(ValueError, match=rf"changes \['{name}'\].*may change only"):
+        train(tiny(steps=9, **train_change), run, resume=True)
+    assert snapshot(run) == before
+    train(tiny(steps=9, checkpoint_every=4, log_every=3), run, resume=True)  # cadence may change
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 9
+
+
+def test_resume_refuses_a_hand_edited_config_record(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(), run)
+    record = json.loads((run / "config.json").read_text())
+    record["train"]["lr"] = 0.5
+    (run / "config.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"config.json differs.*\['train.lr'\].*a record"):
+        train(tiny(steps=9), run, resume=True)
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json is not the config of this run"):
+        train(tiny(steps=9), run, resume=True)
+
+
+def test_resume_drops_a_truncated_last_metrics_line_and_names_a_bad_one(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(), run)
+    metrics = run / "metrics.jsonl"
+    good = metrics.read_text()
+    metrics.write_text(good + '{"step": 7, "lo')  # cut short by a kill
+    train(tiny(steps=8), run, resume=True)
+    assert logged_steps(run) == [2, 4, 6, 8]
+    for bad, message in (("{oops\n", "line 2: not a JSON"), ('{"loss": 1}\n', "line 2: .*'step'")):
+        lines = metrics.read_text().splitlines(keepends=True)
+        metrics.write_text(lines[0] + bad + "".join(lines[1:]))
+        with pytest.raises(ValueError, match=rf"metrics.jsonl, {message}"):
+            train(tiny(steps=10), run, resume=True)
+        metrics.write_text("".join(lines))
+
+
+def test_a_resumed_metrics_line_averages_the_steps_before_the_stop(tmp_path, monkeypatch):
+    """log_every 3 does not divide checkpoint_every 4: after a kill just after the
+    checkpoint of step 4, the line of step 6 still averages steps 4..6."""
+    import ndm.training
+
+    def save_then_die(path, state):
+        save_checkpoint(path, state)
+        raise KeyboardInterrupt  # as SIGKILL right after the write
+
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    monkeypatch.setattr(ndm.training, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(steps=8, checkpoint_every=4, log_every=3), split)
+    monkeypatch.undo()
+    assert load_checkpoint(split / "checkpoint.pt")["step"] == 4 and logged_steps(split) == [3]
+    train(tiny(steps=8, checkpoint_every=4, log_every=3), split, resume=True)
+    train(tiny(steps=8, checkpoint_every=4, log_every=3), whole)
+    lines = [
+        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (split, whole)
+    ]
+    drop = ("seconds_per_step",)
+    assert [{k: v for k, v in x.items() if k not in drop} for x in lines[0]] == [
+        {k: v for k, v in x.items() if k not in drop} for x in lines[1]
+    ]
+
+
+def test_a_run_on_given_points_keeps_them_and_resumes_on_them(tmp_path, monkeypatch):
+    from ndm.data.loading import load_splits
+
+    data, test = torch.randn(200, 3), torch.randn(20, 3)
+    run = tmp_path / "run"
+    train(tiny(), run, train_data=data, test_data=test)
+    cfg, _ = load_run(run)
+    assert cfg.data.dataset == "points" and cfg.data.path == str((run / "data.npz").resolve())
+    splits = load_splits("points", 0, 0, 0, cfg.data.path)
+    assert torch.equal(splits.train, data) and torch.equal(splits.test, test)
+    monkeypatch.chdir(tmp_path)  # the stored path does not depend on the working directory
+    train(replace(cfg, train=replace(cfg.train, steps=8)), "run", resume=True)
+    with pytest.raises(ValueError, match="trained on other points"):
+        train(tiny(steps=9), run, resume=True, train_data=data + 1)
+
+
+def test_relative_data_paths_are_stored_resolved(tmp_path, monkeypatch):
+    from ndm.data.points import save_points
+
+    with (tmp_path / "pts.npz").open("wb") as file:
+        save_points(file, torch.randn(100, 2), torch.randn(10, 2))
+    monkeypatch.chdir(tmp_path)
+    cfg = replace(tiny(), data=DataConfig(dataset="points", path="pts.npz"))
+    train(cfg, "run")
+    assert load_run(tmp_path / "run")[0].data.path == str(tmp_path / "pts.npz")
+
+
+def test_evaluation_inputs_are_checked_before_the_first_step(tmp_path):
+    from ndm.data.points import save_points
+
+    with (tmp_path / "no-test.npz").open("wb") as file:
+        save_points(file, torch.randn(100, 2), torch.randn(0, 2))
+    cfg = replace(tiny(), data=DataConfig(dataset="points", path=str(tmp_path / "no-test.npz")))
+    with pytest.raises(ValueError, match="test split holds no examples"):
+        train(cfg, tmp_path / "a")
+    cfg = replace(tiny(), eval=replace(tiny().eval, fid_weights=str(tmp_path / "absent.pt")))
+    with pytest.raises(FileNotFoundError, match="FID weights file .*absent.pt not found"):
+        train(cfg, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_points_file_that_needs_unpickling_is_refused(tmp_path):
+    import numpy as np
+
+    from ndm.data.points import read_points
+
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="pickled Python objects") as error:
+        read_points(tmp_path / "objects.npy")
+    assert "allow_pickle" not in str(error.value)
+
+
+def test_non_finite_weights_are_never_written_nor_loaded(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(), run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    name = next(iter(state["ema"]))
+    poisoned = {**state, "ema": {**state["ema"], name: state["ema"][name] * math.nan}}
+    with pytest.raises(FloatingPointError, match="non-finite values in 1 tensors"):
+        save_checkpoint(run / "checkpoint.pt", poisoned)
+    assert (run / "checkpoint.pt").read_bytes() == before and no_temp_files(run)
+    torch.save(poisoned, run / "checkpoint.pt")  # as a foreign writer could
+    with pytest.raises(ValueError, match="non-finite weights"):
+        load_run(run)
+
+
+@pytest.mark.parametrize("step", [1.5, "3", -1, True])
+def test_a_checkpoint_step_that_is_not_a_count_is_refused(tmp_path, step):
+    torch.save({"config": {}, "step": step, "model": {}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="its step is .* not a count of steps"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_run_files_are_readable_by_others_under_the_umask_and_json_is_strict(tmp_path):
+    import os
+
+    from ndm.checkpoint import save_json
+
+    old = os.umask(0o022)
+    try:
+        train(tiny(), tmp_path / "run")
+        save_json(tmp_path / "m.json", {"a": math.nan, "b": [math.inf, 1.0]})
+    finally:
+        os.umask(old)
+    for path in (*(tmp_path / "run").iterdir(), tmp_path / "m.json"):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [None, 1.0]}

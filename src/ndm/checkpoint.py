@@ -2,11 +2,14 @@
 
 A checkpoint is a dict of tensors, state dicts and plain values (the config as a dict,
 never pickled classes), written with ``torch.save`` and read with ``weights_only=True``.
+One with a non-finite floating-point tensor is never written. Files get the permissions
+of a new file under the process's umask (as ``open`` gives them), not ``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -17,6 +20,13 @@ from typing import Any, BinaryIO
 import torch
 
 REQUIRED_KEYS = ("config", "step", "model")
+
+
+def _new_file_mode() -> int:
+    """``0o666`` less the process's umask: the mode ``open`` gives a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -30,20 +40,53 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _finite_or_null(data: Any) -> Any:
+    """``data`` with every non-finite float (NaN, inf: not JSON) replaced by ``None``."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _finite_or_null(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_null(value) for value in data]
+    return data
+
+
 def save_json(path: str | Path, data: Any) -> None:
-    """Atomically write ``data`` as indented JSON."""
-    text = json.dumps(data, indent=2) + "\n"
+    """Atomically write ``data`` as indented, strict JSON (NaN and inf become ``null``)."""
+    text = json.dumps(_finite_or_null(data), indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda file: file.write(text.encode()))
 
 
+def non_finite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names (dotted paths) of the floating-point tensors in the nested dicts and lists of
+    ``state`` that hold a NaN or an infinity."""
+    if isinstance(state, torch.Tensor):
+        bad = state.is_floating_point() and not bool(torch.isfinite(state).all())
+        return [prefix] if bad else []
+    if isinstance(state, dict):
+        items = list(state.items())
+    elif isinstance(state, (list, tuple)):
+        items = list(enumerate(state))
+    else:
+        return []
+    return [name for key, value in items for name in non_finite_tensors(value, f"{prefix}.{key}")]
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically ``torch.save`` the checkpoint dict ``state`` to ``path``."""
+    """Atomically ``torch.save`` the checkpoint dict ``state`` to ``path``; raise
+    ``FloatingPointError`` and write nothing when a tensor in it is not finite."""
+    bad = non_finite_tensors(state)
+    if bad:
+        raise FloatingPointError(
+            f"refused to write {path}: non-finite values in {len(bad)} tensors ({bad[0][1:]}, ...)"
+        )
     atomic_write(path, lambda file: torch.save(state, file))
 
 
@@ -51,7 +94,8 @@ def load_checkpoint(path: str | Path, required: Iterable[str] = REQUIRED_KEYS) -
     """Load a checkpoint onto the CPU.
 
     Raises ``FileNotFoundError`` naming ``path`` when it is missing, and ``ValueError``
-    naming it when it cannot be read or lacks one of the ``required`` keys.
+    naming it when it cannot be read, lacks one of the ``required`` keys or has a ``step``
+    that is not a non-negative integer.
     """
     path = Path(path)
     if not path.is_file():
@@ -61,6 +105,8 @@ def load_checkpoint(path: str | Path, required: Iterable[str] = REQUIRED_KEYS) -
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # warnings about an unreadable file are dropped with it
         reason = str(error).strip().split("\n")[0][:200]
+        if "weights_only" in reason:  # torch's advice to unpickle is no advice for ndm
+            reason = "it is not a tensor archive ndm can read without running code"
         raise ValueError(
             f"{path} is corrupt or not an ndm checkpoint ({type(error).__name__}: {reason})"
         ) from error
@@ -69,4 +115,7 @@ def load_checkpoint(path: str | Path, required: Iterable[str] = REQUIRED_KEYS) -
     missing = [key for key in required if not isinstance(state, dict) or key not in state]
     if missing:
         raise ValueError(f"{path} is corrupt or not an ndm checkpoint (missing keys {missing})")
+    step = state.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"{path} is corrupt: its step is {step!r}, not a count of steps")
     return state

@@ -30,6 +30,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +42,16 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ndm.builders import build_run_model
-from ndm.checkpoint import atomic_write, load_checkpoint, save_checkpoint, save_json
-from ndm.config import DataConfig, RunConfig, config_from_dict, config_to_dict
+from ndm.checkpoint import (
+    atomic_write,
+    load_checkpoint,
+    non_finite_tensors,
+    save_checkpoint,
+    save_json,
+)
+from ndm.config import DataConfig, EvalConfig, RunConfig, config_from_dict, config_to_dict
 from ndm.data.loading import Splits, load_splits, model_input
+from ndm.data.points import POINTS_DATASET, read_points, save_points
 from ndm.distributed import Distributed, init_distributed, mean_over_processes, shard_seed
 from ndm.latent import LatentNDM, stage_at
 from ndm.likelihood import bits_per_dim, dequantisation_offset
@@ -54,8 +62,12 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 METRICS_SUMMARY = "metrics.json"
-RUN_FILES = (CHECKPOINT, CONFIG, METRICS, METRICS_SUMMARY)
+DATA = "data.npz"
+RUN_FILES = (CHECKPOINT, CONFIG, METRICS, METRICS_SUMMARY, DATA)
 RUN_KEYS = ("config", "step", "model", "ema", "shape", "num_levels")
+RUN_SECTIONS = ("data", "model", "latent", "train")
+#: What a resumed run may change: how long it runs, how often it logs and saves, and where.
+RESUMABLE_SETTINGS = ("train.steps", "train.checkpoint_every", "train.log_every", "train.device")
 MODEL_KINDS = ("pixel", "latent")
 
 
@@ -126,19 +138,29 @@ def _saved_config(state: dict[str, Any]) -> RunConfig:
     return config_from_dict(saved)
 
 
+def _fixed_settings_changed(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """``section.name`` of each setting a resumed run may not change (all but
+    :data:`RESUMABLE_SETTINGS`) whose value differs between the config dicts."""
+    return [
+        f"{section}.{name}"
+        for section in RUN_SECTIONS
+        for name, value in wanted[section].items()
+        if f"{section}.{name}" not in RESUMABLE_SETTINGS and saved[section].get(name) != value
+    ]
+
+
 def _check_resumable(
     state: dict[str, Any], cfg: RunConfig, shape: tuple[int, ...], path: Path
 ) -> None:
-    """The checkpoint must match the data and model of ``cfg`` and stop before its end."""
-    saved, wanted = config_to_dict(_saved_config(state)), config_to_dict(cfg)
-    changed = [
-        f"{section}.{name}"
-        for section in ("data", "model", "latent")
-        for name, value in wanted[section].items()
-        if saved[section][name] != value
-    ]
+    """The checkpoint must have been trained with the data, model and optimisation settings
+    of ``cfg`` and stop before its end."""
+    saved = config_to_dict(with_resolved_paths(_saved_config(state)))
+    changed = _fixed_settings_changed(saved, config_to_dict(cfg))
     if changed:
-        raise ValueError(f"cannot resume {path}: the config changes {changed}")
+        raise ValueError(
+            f"cannot resume {path}: the config changes {changed}; a resumed run keeps the "
+            f"settings it was trained with (it may change only {list(RESUMABLE_SETTINGS)})"
+        )
     if tuple(state["shape"]) != shape:
         raise ValueError(
             f"cannot resume {path}: it was trained on examples of shape {tuple(state['shape'])},"
@@ -151,12 +173,46 @@ def _check_resumable(
         )
 
 
+def _check_record(path: Path, state: dict[str, Any]) -> None:
+    """``config.json`` of a run being resumed is a record of its checkpoint's config: raise
+    ``ValueError`` if it was edited (a resumed segment may differ only in
+    :data:`RESUMABLE_SETTINGS`)."""
+    if not path.exists():
+        return
+    try:
+        recorded = config_to_dict(config_from_dict(json.loads(path.read_text())))
+    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not the config of this run ({error})") from error
+    changed = _fixed_settings_changed(config_to_dict(_saved_config(state)), recorded)
+    if changed:
+        raise ValueError(
+            f"{path} differs from the config its checkpoint was trained with in {changed}; "
+            "it is a record, not an input: restore it, and give changes as options of the resume"
+        )
+
+
 def _keep_metrics_until(path: Path, step: int) -> None:
-    """Drop metric lines logged after ``step`` (by a run stopped after its last checkpoint)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= step]
-        atomic_write(path, lambda file: file.write("".join(f"{k}\n" for k in kept).encode()))
+    """Drop metric lines logged after ``step`` (by a run stopped after its last checkpoint),
+    and a last line cut short by a kill during its write. Any other line that is not a JSON
+    object with an integer ``step`` raises ``ValueError`` naming the file and the line."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            logged = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):  # the write of the last line was interrupted
+                continue
+            raise ValueError(f"{path}, line {number}: not a JSON metrics line ({error})") from error
+        if not isinstance(logged, dict) or not isinstance(logged.get("step"), int):
+            raise ValueError(f"{path}, line {number}: a metrics line needs an integer 'step'")
+        if logged["step"] <= step:
+            kept.append(line)
+    atomic_write(path, lambda file: file.write("".join(f"{k}\n" for k in kept).encode()))
 
 
 def _micro_batches(cfg: RunConfig, place: Distributed) -> int:
@@ -217,24 +273,85 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir))
 
 
+def with_resolved_paths(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with its data and FID-weights paths made absolute, so that a run can be
+    sampled, evaluated and resumed from any working directory."""
+
+    def resolved(path: str) -> str:
+        return str(Path(path).expanduser().resolve()) if path else path
+
+    return replace(
+        cfg,
+        data=replace(cfg.data, path=resolved(cfg.data.path)),
+        eval=replace(cfg.eval, fid_weights=resolved(cfg.eval.fid_weights)),
+    )
+
+
+def _check_evaluable(splits: Splits, cfg: EvalConfig) -> None:
+    """What the evaluation after training needs, checked before the first step: test
+    examples and the FID weights file when one is named."""
+    if splits.test.shape[0] == 0:
+        raise ValueError("the test split holds no examples: NLL, NELBO and FID need some")
+    if cfg.fid_weights and not Path(cfg.fid_weights).is_file():
+        raise FileNotFoundError(f"FID weights file {cfg.fid_weights} not found")
+
+
+def _given_points(
+    cfg: RunConfig, run_dir: Path, resume: bool, train_data: Tensor, test_data: Tensor | None
+) -> tuple[RunConfig, Splits]:
+    """The config and splits of a run trained on points handed to :func:`train`: its data
+    section names the ``points`` file the run keeps of them (:data:`DATA`). A resumed run
+    must be given the points it was trained on."""
+    test = train_data[:0] if test_data is None else test_data
+    for name, x in (("train_data", train_data), ("test_data", test)):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    check_data(train_data)
+    if test.numel():
+        check_data(test)
+    if test.dim() != 2 or test.shape[1] != train_data.shape[1]:
+        raise ValueError(
+            f"test_data must have shape [M, {train_data.shape[1]}], got {tuple(test.shape)}"
+        )
+    path = run_dir / DATA
+    if resume and path.exists():
+        kept, _ = read_points(path)
+        if kept.shape != train_data.shape or not torch.equal(kept, train_data.float().cpu()):
+            raise ValueError(
+                f"cannot resume {run_dir}: it was trained on other points (kept in {path})"
+            )
+    data = DataConfig(dataset=POINTS_DATASET, path=str(path.resolve()))
+    return replace(cfg, data=data), Splits(train_data, test, None, False, None)
+
+
 def train(
-    cfg: RunConfig, run_dir: str | Path, resume: bool = False, train_data: Tensor | None = None
+    cfg: RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    train_data: Tensor | None = None,
+    test_data: Tensor | None = None,
 ) -> NDM | LatentNDM:
     """Train for ``cfg.train.steps`` steps in ``run_dir`` and return the EMA model.
 
-    ``train_data`` (``[N, D]`` points) replaces the configured dataset. With ``resume``,
-    continue the checkpoint in ``run_dir`` up to ``cfg.train.steps``; without it, a run
-    folder that already holds a checkpoint is refused, and so is a folder another process
-    is training in. Bad data and refused runs raise before anything is written; a non-finite
-    loss or gradient raises ``FloatingPointError`` and leaves the last checkpoint as it was.
-    ``SIGTERM`` or ``SIGINT`` stops the run after the current step with a checkpoint of it
-    (:class:`ndm.run_guard.RunStopped`). Under ``torchrun`` every process calls this.
+    ``train_data`` (``[N, D]`` points, with ``test_data`` ``[M, D]`` if any) replaces the
+    configured dataset: the run keeps them in ``run_dir/data.npz`` and its config names
+    that file. With ``resume``, continue the checkpoint in ``run_dir`` up to
+    ``cfg.train.steps``, with the settings it was trained with (only
+    :data:`RESUMABLE_SETTINGS` may change); without it, a run folder that already holds a
+    checkpoint is refused, and so is a folder another process is training in. Paths in the
+    config are stored resolved. Bad data and options and refused runs raise before
+    anything is written; a non-finite loss or gradient raises ``FloatingPointError`` and
+    leaves the last checkpoint as it was. ``SIGTERM`` or ``SIGINT`` stops the run after the
+    current step with a checkpoint of it (:class:`ndm.run_guard.RunStopped`). Under
+    ``torchrun`` every process calls this.
     """
     run_dir = Path(run_dir)
+    cfg = with_resolved_paths(cfg)
     if train_data is None:
         splits = load_data(cfg.data)
+        _check_evaluable(splits, cfg.eval)
     else:
-        splits = Splits(train_data, train_data[:0], None, False, None)
+        cfg, splits = _given_points(cfg, run_dir, resume, train_data, test_data)
     check_data(splits.train, splits.num_levels)
     shape, data = splits.shape, splits.train
     ckpt_path = run_dir / CHECKPOINT
@@ -246,6 +363,7 @@ def train(
             raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt_path}")
         state = load_checkpoint(ckpt_path, RUN_KEYS)
         _check_resumable(state, cfg, shape, ckpt_path)
+        _check_record(run_dir / CONFIG, state)
     elif ckpt_path.exists():
         raise FileExistsError(
             f"{run_dir} already holds a checkpoint; resume it or choose another run folder"
@@ -282,6 +400,8 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         guard.enter_context(exclusive_run_folder(run_dir))
         remove_stale_temporaries(run_dir)
+        if train_data is not None and state is None:
+            atomic_write(run_dir / DATA, lambda file: save_points(file, data, splits.test))
         save_json(run_dir / CONFIG, config_to_dict(cfg))
         _keep_metrics_until(run_dir / METRICS, start)
         writer = _tensorboard(run_dir)
@@ -302,6 +422,7 @@ def train(
                     "scheduler": scheduler.state_dict(),
                     "generator": batches.get_state(),
                     "rng": _rng_state(device),
+                    "window": window,
                 },
             )
 
@@ -309,7 +430,8 @@ def train(
         dims = math.prod(shape)
         # a pixel model is a density of dequantised images; a latent one's decoder is discrete
         offset = dequantisation_offset(splits.num_levels) if splits.is_image and not latent else 0.0
-        window: list[dict[str, float]] = []
+        # steps since the last metrics line; kept in checkpoints, so a resumed line is whole
+        window: list[dict[str, float]] = [] if state is None else list(state.get("window", []))
         last_saved = f"step {start}" if state is not None else "none written yet"
         progress = tqdm(
             range(start + 1, cfg.train.steps + 1),
@@ -413,6 +535,9 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> tuple[RunConfig, N
                 f"its config describes a {described} NDM but its weights are those of a "
                 f"{stored} NDM"
             )
+        bad = non_finite_tensors(state["ema"])
+        if bad:
+            raise ValueError(f"non-finite weights in {len(bad)} tensors ({bad[0][1:]}, ...)")
         model = build_run_model(cfg, tuple(state["shape"]), state["num_levels"])
         ema = _ema(model, cfg.train.ema_decay)
         ema.load_state_dict(state["ema"])

@@ -1,6 +1,6 @@
 """One entry point for every dataset a run can use: toy 2-D data or images.
 
-Toy data are float ``[N, 2]`` points used as they are. Images are integer levels
+Toy data and the points of a file are float ``[N, D]`` points used as they are. Images are integer levels
 ``[N, C, H, W]`` with ``L`` levels. The model is a density of uniformly dequantised images
 ``x = 2 (k + u) / L - 1`` in ``[-1, 1]`` (:func:`ndm.data.images.dequantise`): it trains on
 them with fresh noise ``u`` at every step (and random horizontal flips for datasets that use
@@ -24,10 +24,11 @@ from ndm.data.images import (
     to_model_space,
     uses_flips,
 )
+from ndm.data.points import POINTS_DATASET, read_points
 from ndm.data.toy2d import DATASETS as TOY_DATASETS
 from ndm.data.toy2d import entropy, toy2d_splits
 
-ALL_DATASETS = tuple(TOY_DATASETS) + tuple(IMAGE_DATASETS)
+ALL_DATASETS = (*TOY_DATASETS, POINTS_DATASET, *IMAGE_DATASETS)
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,16 @@ def load_splits(
     dataset: str, n_train: int, n_test: int, seed: int, path: str = "", resolution: int = 0
 ) -> Splits:
     """Toy data drawn from seeds ``2 seed`` / ``2 seed + 1`` (``n_train``/``n_test`` points),
-    or an image dataset read from ``path`` (``resolution`` 0: native size; else resized)."""
+    the points of the file ``path`` (:mod:`ndm.data.points`), or an image dataset read from
+    ``path`` (``resolution`` 0: native size; else resized)."""
     if dataset in TOY_DATASETS:
         train, test = toy2d_splits(dataset, n_train, n_test, seed)
         return Splits(train, test, None, False, entropy(dataset))
+    if dataset == POINTS_DATASET:
+        if not path:
+            raise ValueError("the points dataset needs the path of its .npz file")
+        train, test = read_points(path)
+        return Splits(train, test, None, False, None)
     if dataset not in IMAGE_DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {ALL_DATASETS}")
     data = load_image_dataset(dataset, path or None, resolution or None)

@@ -1,0 +1,53 @@
+"""Points from a file: the ``points`` dataset, and the data a run trained on was given.
+
+A points file is an ``.npz`` archive of arrays only (read without unpickling) holding
+``train``: float ``[N, D]`` and, optionally, ``test``: float ``[M, D]`` (absent: no test
+points). :func:`ndm.training.train` writes the points it is handed in this format into the
+run folder, so that the run can be resumed, sampled and evaluated on what it trained on.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+POINTS_DATASET = "points"
+
+
+def save_points(file: io.BufferedIOBase, train: Tensor, test: Tensor) -> None:
+    """Write ``train [N, D]`` and ``test [M, D]`` as float32 arrays of an ``.npz`` archive."""
+    arrays = {
+        name: x.detach().cpu().float().numpy() for name, x in (("train", train), ("test", test))
+    }
+    np.savez(file, **arrays)
+
+
+def read_points(path: str | Path) -> tuple[Tensor, Tensor]:
+    """``(train [N, D], test [M, D])`` float32 tensors of the points file ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: points file not found")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            if "train" not in archive.files:
+                raise ValueError(f"lacks array 'train', has {archive.files}")
+            train = archive["train"]
+            test = archive["test"] if "test" in archive.files else train[:0]
+    except Exception as error:
+        reason = str(error)
+        if "allow_pickle" in reason:  # the file asks for unpickling, which is never done
+            reason = "it holds pickled Python objects, not arrays"
+        raise ValueError(f"points file {path}: {reason}") from error
+    for name, x in (("train", train), ("test", test)):
+        if x.ndim != 2 or x.shape[1] != train.shape[1] or not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(
+                f"points file {path}: {name!r} must be float [N, {train.shape[-1]}], "
+                f"got {x.dtype} {list(x.shape)}"
+            )
+    return torch.from_numpy(train).float(), torch.from_numpy(test).float()
