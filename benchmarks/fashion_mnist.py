@@ -90,11 +90,7 @@ def _row(
     """NLL (taken from ``nll``, the row of the training grid, when given: the ODE does not
     depend on the grid), NELBO on a ``steps``-step grid and FID / FID* with ``steps``
     sampler steps."""
-    likelihood_model = model
-    if steps != model.num_steps:
-        likelihood_model = NDM(
-            model.process, model.predictor, "discrete", steps, model.time_sampling, model.decoder
-        )
+    likelihood_model = model if steps == model.num_steps else model.with_num_steps(steps)
     eval_cfg = cfg.eval
     row = evaluate(likelihood_model, splits, eval_cfg, with_nll=nll is None)
     if nll is not None:

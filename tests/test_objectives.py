@@ -202,13 +202,12 @@ def test_times_stay_below_one_where_the_fm_ot_integrand_is_finite(method):
     schedule = FlowMatchingOTSchedule()
     process = NeuralDiffusion(schedule, LearnedTransform(TimeMLP(2, hidden=8, depth=1)))
     x = torch.randn(4, 2)
-    for output in ("eps", "x"):
-        predictor = Predictor(TimeMLP(2, hidden=8, depth=1), schedule, output)
-        for u in (torch.ones(4), torch.zeros(4)):
-            g = torch.Generator().manual_seed(1)
-            terms = continuous_nelbo_terms(process, predictor, x, method, generator=g, u=u)
-            for name, value in terms.as_dict().items():
-                assert bool(torch.isfinite(value).all()), (output, float(u[0]), name, value)
+    predictor = Predictor(TimeMLP(2, hidden=8, depth=1), schedule, "x")
+    for u in (torch.ones(4), torch.zeros(4)):
+        g = torch.Generator().manual_seed(1)
+        terms = continuous_nelbo_terms(process, predictor, x, method, generator=g, u=u)
+        for name, value in terms.as_dict().items():
+            assert bool(torch.isfinite(value).all()), (float(u[0]), name, value)
 
 
 @pytest.mark.parametrize("method", ["importance", "gamma"])

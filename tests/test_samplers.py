@@ -150,3 +150,39 @@ def test_ddim_refuses_eta_outside_the_unit_interval():
             get_sampler("ddim")(
                 process, _ConstantVariance(), z, time_grid(2, dtype=torch.float64), eta=eta
             )
+
+
+@pytest.mark.parametrize(("name", "option"), [("ode", "rtoll"), ("ddim", "etaa"), ("ddpm", "eta"),
+                                              ("sde", "method")])  # fmt: skip
+def test_an_option_a_sampler_does_not_take_is_refused(name, option):
+    schedule = LinearVPSchedule()
+    process = NeuralDiffusion(schedule, IdentityTransform())
+    predictor = ExactGaussianPredictor(schedule, IdentityTransform())
+    with pytest.raises(TypeError, match=option):
+        get_sampler(name)(process, predictor, torch.randn(2, 2), time_grid(2), **{option: 1.0})
+
+
+def test_the_sde_sampler_starts_at_t_1_of_flow_matching():
+    """alpha_1 = 0 makes g infinite at t = 1: the first step is the ancestral one, and the
+    samples have the data's moments."""
+    from ndm.schedules import FlowMatchingOTSchedule
+
+    schedule = FlowMatchingOTSchedule().double()
+    process = NeuralDiffusion(schedule, IdentityTransform())
+    predictor = ExactGaussianPredictor(schedule, IdentityTransform())
+    generator = torch.Generator().manual_seed(0)
+    z1 = torch.randn(4000, 2, generator=generator, dtype=torch.float64)
+    result = get_sampler("sde")(process, predictor, z1, time_grid(200, dtype=torch.float64),
+                                generator=generator)  # fmt: skip
+    assert bool(torch.isfinite(result.sample).all())
+    assert torch.allclose(result.sample.mean(0), MEAN, atol=0.08)
+    assert torch.allclose(result.sample.T.cov(), COV, atol=0.15)
+
+
+def test_an_eps_predictor_is_refused_where_alpha_1_is_zero():
+    from ndm.predictors import Predictor
+    from ndm.schedules import FlowMatchingOTSchedule
+
+    with pytest.raises(ValueError, match="alpha_1 = 0: use output 'x'"):
+        Predictor(torch.nn.Identity(), FlowMatchingOTSchedule(), "eps")
+    Predictor(torch.nn.Identity(), FlowMatchingOTSchedule(), "x")

@@ -76,11 +76,11 @@ def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
     return IdentityTransform()
 
 
-def build_model(cfg: ModelConfig, shape: tuple[int, ...]) -> NDM:
-    """An NDM on continuous examples of ``shape`` (points, or dequantised images) with the
-    Gaussian decoder: predictor and transform networks share one architecture and one
-    schedule; with a learned reverse variance the predictor's network has twice the
-    outputs."""
+def build_model(cfg: ModelConfig, shape: tuple[int, ...], data_bound: float | None = None) -> NDM:
+    """An NDM on continuous examples of ``shape`` (points, or dequantised images with
+    ``data_bound = 1``) with the Gaussian decoder: predictor and transform networks share
+    one architecture and one schedule; with a learned reverse variance the predictor's
+    network has twice the outputs."""
     schedule = make_schedule(cfg.schedule)
     variance = cfg.learns_variance
     network = build_network(cfg, shape, zero_init_output=False, outputs=2 if variance else 1)
@@ -91,6 +91,7 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...]) -> NDM:
         num_steps=cfg.num_steps,
         time_sampling=cfg.time_sampling,
         kinetic_weight=cfg.kinetic_weight,
+        data_bound=data_bound,
     )
 
 
@@ -124,4 +125,4 @@ def build_run_model(
         if num_levels is None:
             raise ValueError("a latent NDM needs discrete images (num_levels)")
         return build_latent_model(cfg.model, cfg.latent, shape, num_levels)
-    return build_model(cfg.model, shape)
+    return build_model(cfg.model, shape, None if num_levels is None else 1.0)

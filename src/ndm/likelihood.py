@@ -94,6 +94,10 @@ def ode_nll(
     independent solves. Fixed-step methods use ``num_steps`` uniform steps."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
+    if num_probes < 1 or num_steps < 1:
+        raise ValueError(
+            f"num_probes and num_steps must be positive, got {num_probes}, {num_steps}"
+        )
     zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     alpha0 = process.schedule(zero).alpha
     z0 = _per_example(alpha0, x) * x

@@ -33,7 +33,9 @@ class NDM(nn.Module):
     (eq. 9-10 with ``num_steps`` steps) or ``"simple"`` (noise loss, fixed transforms only).
     ``kinetic_weight`` ``lambda >= 0`` adds ``lambda E_t ||v(z_t, t)||^2``, the kinetic energy
     of the probability-flow velocity (:func:`ndm.objectives.kinetic_energy_penalty`), to the
-    training loss; the NELBO terms and :meth:`nelbo` do not include it.
+    training loss; the NELBO terms and :meth:`nelbo` do not include it. ``data_bound``
+    (images: 1) is the largest ``|x|`` data may have; the methods taking data refuse a batch
+    that is empty, not floating point, or (``data_bound`` given) outside ``[-bound, bound]``.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class NDM(nn.Module):
         time_sampling: str = "importance",
         decoder: Decoder | None = None,
         kinetic_weight: float = 0.0,
+        data_bound: float | None = None,
     ):
         super().__init__()
         if kinetic_weight < 0:
@@ -64,6 +67,39 @@ class NDM(nn.Module):
         self.objective, self.num_steps, self.time_sampling = objective, num_steps, time_sampling
         self.decoder = decoder or GaussianDecoder()
         self.kinetic_weight = kinetic_weight
+        self.data_bound = data_bound
+
+    def with_num_steps(self, num_steps: int) -> NDM:
+        """The same model (shared modules) with a discrete objective of ``num_steps`` steps:
+        its NELBO on another grid."""
+        return NDM(
+            self.process,
+            self.predictor,
+            "discrete",
+            num_steps,
+            self.time_sampling,
+            self.decoder,
+            self.kinetic_weight,
+            self.data_bound,
+        )
+
+    def check_data(self, x: Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is a non-empty floating batch ``[B, ...]`` within
+        ``data_bound``."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"data must be a tensor, got {type(x).__name__}")
+        if x.dim() < 2 or x.shape[0] == 0:
+            raise ValueError(f"data must be a non-empty batch [B, ...], got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"data must be floating point, got {x.dtype}")
+        if self.data_bound is not None:
+            largest = float(x.detach().abs().max())
+            if not largest <= self.data_bound:
+                raise ValueError(
+                    f"image data lie in [-{self.data_bound:g}, {self.data_bound:g}] "
+                    f"(ndm.data.images.to_model_space or dequantise of the levels), got |x| up "
+                    f"to {largest:g}"
+                )
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Training losses per example ``[B]`` (what DDP wraps): the optimised ``loss``; for
@@ -72,6 +108,7 @@ class NDM(nn.Module):
         weighting, so that ``loss = nelbo + kinetic_weight * kinetic`` (``loss = nelbo``
         without it). The penalty draws its time and noise from ``generator`` after the
         objective's draws."""
+        self.check_data(x)
         if self.objective == "simple":
             losses = {"loss": simple_noise_loss(self.process, self.predictor, x, generator)}
         else:
@@ -90,6 +127,7 @@ class NDM(nn.Module):
 
     def loss_terms(self, x: Tensor, generator: torch.Generator | None = None) -> LossTerms:
         """One-sample NELBO estimate, named terms in nats per example."""
+        self.check_data(x)
         if self.objective == "discrete":
             return discrete_nelbo_terms(
                 self.process, self.predictor, x, self.num_steps, self.decoder, generator
@@ -116,6 +154,7 @@ class NDM(nn.Module):
 
     def nll(self, x: Tensor, **options: object) -> tuple[Tensor, int]:
         """``(-log p(x) [B] in nats, nfe)`` along the ODE (see :func:`ndm.likelihood.ode_nll`)."""
+        self.check_data(x)
         return ode_nll(self.process, self.predictor, x, **options)
 
     def nelbo(
@@ -128,6 +167,11 @@ class NDM(nn.Module):
         """NELBO terms: the sum over all steps (discrete; or its stratified estimate from
         ``num_terms`` of them) or Monte Carlo over time with ``num_time_samples`` draws
         (continuous and simple objectives)."""
+        self.check_data(x)
+        if num_time_samples < 1:
+            raise ValueError(f"num_time_samples must be positive, got {num_time_samples}")
+        if num_terms is not None and not 1 <= num_terms <= self.num_steps:
+            raise ValueError(f"num_terms must lie in 1..{self.num_steps}, got {num_terms}")
         if self.objective == "discrete":
             return discrete_nelbo(
                 self.process,

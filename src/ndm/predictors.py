@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ndm.schedules import Schedule
@@ -47,6 +48,14 @@ class Predictor(nn.Module):
             raise ValueError(
                 f"unknown predictor output {output!r}; choose one of {PARAMETERISATIONS}"
             )
+        if output == "eps":
+            with torch.no_grad():
+                end = schedule(torch.ones(1))
+            if float(end.alpha) == 0.0:
+                raise ValueError(
+                    f"an eps predictor divides by alpha_t, and {type(schedule).__name__} has "
+                    "alpha_1 = 0: use output 'x'"
+                )
         self.net, self.schedule, self.output, self.variance = net, schedule, output, variance
 
     def predict(self, z: Tensor, t: Tensor) -> Prediction:

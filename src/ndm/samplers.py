@@ -6,6 +6,7 @@
 ``grid`` is an explicit decreasing 1-D tensor of times from ``grid[0]`` to ``grid[-1] = 0``,
 and a grid of ``N + 1`` points makes ``N`` steps. Each result reports its number of network
 (predictor) evaluations ``nfe``. The sample returned is the decoder mean ``z_0 / alpha_0``.
+An option a sampler does not take is a ``TypeError``, never silently dropped.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _posterior_sampler(process, predictor, z, grid, generator, eta, keep_traject
 
 
 @register("ddpm")
-def ancestral(process, predictor, z, grid, *, generator=None, trajectory=False, **_):
+def ancestral(process, predictor, z, grid, *, generator=None, trajectory=False):
     """Algorithm 2: ``z_s ~ p_theta(z_s | z_t)``, the posterior ``q(z_s | z_t, x_hat)`` with the
     DDPM ``sigma_tilde`` (``eta = 1``), or with the reverse variance of a predictor that predicts
     ``Var[x | z_t]`` (:meth:`~ndm.process.NeuralDiffusion.reverse_variance`)."""
@@ -122,7 +123,7 @@ def ancestral(process, predictor, z, grid, *, generator=None, trajectory=False, 
 
 
 @register("ddim")
-def ddim(process, predictor, z, grid, *, generator=None, eta=0.0, trajectory=False, **_):
+def ddim(process, predictor, z, grid, *, generator=None, eta=0.0, trajectory=False):
     """Algorithm 2 with ``sigma_tilde = eta * (DDPM value)``, ``eta`` in ``[0, 1]``; ``eta = 0``
     is deterministic, and ``eta = 1`` is :func:`ancestral` (with a predicted variance too)."""
     if not 0.0 <= float(eta) <= 1.0:
@@ -132,16 +133,22 @@ def ddim(process, predictor, z, grid, *, generator=None, eta=0.0, trajectory=Fal
 
 @register("sde")
 @torch.no_grad()
-def euler_maruyama(process, predictor, z, grid, *, generator=None, trajectory=False, **_):
-    """Euler-Maruyama on the reverse SDE ``dz = f(z, x_hat, t) dt + g dw`` from ``grid[0]`` to 0."""
+def euler_maruyama(process, predictor, z, grid, *, generator=None, trajectory=False):
+    """Euler-Maruyama on the reverse SDE ``dz = f(z, x_hat, t) dt + g dw`` from ``grid[0]`` to 0.
+    Where ``g`` is infinite (``alpha_t = 0``, as at ``t = 1`` of flow matching) the step is
+    the ancestral one, the SDE's exact step with ``x_hat`` held fixed."""
     _check_grid(grid)
     path = [z] if trajectory else None
     for t_now, t_next in zip(grid[:-1], grid[1:], strict=True):
         t = _batch_time(t_now, z)
         step = t_now - t_next
         g = process.schedule(t).g2.sqrt()
-        drift = process.drift(z, predictor(z, t), t, stochastic=True)
-        z = z - drift * step + _per_example(g, z) * step.sqrt() * _noise(z, generator)
+        if not bool(torch.isfinite(g).all()):
+            post = process.posterior(z, predictor(z, t), _batch_time(t_next, z), t, 1.0)
+            z = post.mean + _per_example(post.std, z) * _noise(z, generator)
+        else:
+            drift = process.drift(z, predictor(z, t), t, stochastic=True)
+            z = z - drift * step + _per_example(g, z) * step.sqrt() * _noise(z, generator)
         if path is not None:
             path.append(z)
     result_path = torch.stack(path) if path is not None else None
@@ -186,7 +193,6 @@ def ode(
     rtol=1e-5,
     atol=1e-5,
     trajectory=False,
-    **_,
 ):
     """Probability-flow ODE through torchdiffeq. ``dopri5`` is adaptive and returns the
     state at the grid points; ``euler``/``heun``/``rk4``/``midpoint`` step on ``grid``."""
