@@ -34,7 +34,7 @@ def run_copy(trained, tmp_path):
 
 
 def snapshot(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def one_line_error(capsys, *fragments):
@@ -114,12 +114,94 @@ def test_unknown_sampler_is_a_usage_error(trained, capsys):
     assert snapshot(trained) == before
 
 
-def test_eval_writes_and_prints_metrics(run_copy, capsys):
-    assert main(["eval", str(run_copy), "--n-eval", "32"]) == 0
+def test_eval_adds_a_record_and_keeps_every_earlier_one(run_copy, capsys):
+    before = snapshot(run_copy)
+    for n_eval in (32, 16):
+        assert main(["eval", str(run_copy), "--n-eval", str(n_eval)]) == 0
     printed = capsys.readouterr().out
     assert "NLL" in printed and "NELBO" in printed and "bits/dim" in printed
     assert "entropy 3.4657" in printed
-    assert json.loads((run_copy / "metrics.json").read_text())["n_eval"] == 32
+    assert snapshot(run_copy) == before  # metrics.json and the rest kept
+    records = [json.loads(p.read_text()) for p in sorted((run_copy / "evals").iterdir())]
+    assert sorted(r["n_eval"] for r in records) == [16, 32]
+    for record in records:
+        assert record["step"] == 20 and record["eval_settings"]["n_eval"] == record["n_eval"]
+        assert record["evaluated_at"] and "data_path" in record
+    assert json.loads((run_copy / "metrics.json").read_text())["step"] == 20
+
+
+def test_a_run_evaluates_and_samples_from_elsewhere_and_from_moved_data(tmp_path, monkeypatch,
+                                                                         capsys):  # fmt: skip
+    from ndm.data.points import save_points
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with (data / "pts.npz").open("wb") as file:
+        save_points(file, torch.randn(300, 2), torch.randn(40, 2))
+    monkeypatch.chdir(data)
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *TINY, "--dataset", "points", "--path",
+                 "pts.npz"]) == 0  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", str(run), "--n-eval", "8"]) == 0
+    shutil.move(data, tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--n-eval", "8"]) == 1
+    one_line_error(capsys, "pts.npz: points file not found")
+    moved = str(tmp_path / "moved" / "pts.npz")
+    assert main(["eval", str(run), "--n-eval", "8", "--data-path", moved]) == 0
+    args = ["sample", str(run), "--sampler", "ddim", "--steps", "2", "--n", "4"]
+    assert main([*args, "--data-path", moved]) == 0
+
+
+def test_sample_on_nan_output_fails_and_writes_nothing(run_copy, capsys, monkeypatch):
+    import ndm.model
+
+    def nan_sample(self, shape, *args, **kwargs):
+        from ndm.samplers import SampleResult
+
+        return SampleResult(torch.full(shape, math.nan), 1)
+
+    monkeypatch.setattr(ndm.model.NDM, "sample", nan_sample)
+    before = snapshot(run_copy)
+    assert main(["sample", str(run_copy), "--sampler", "ddim", "--steps", "2", "--n", "4"]) == 1
+    one_line_error(capsys, "4 of 4 samples are not finite; nothing written")
+    assert snapshot(run_copy) == before
+
+
+def test_unusable_inputs_before_training_and_in_eval(run_copy, tmp_path, capsys):
+    absent = str(tmp_path / "absent-weights.pt")
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *TINY, "--fid-weights", absent]) == 1
+    one_line_error(capsys, "FID weights file", "absent-weights.pt not found")
+    assert not run.exists()
+    assert main(["train", "--run-dir", str(run), *TINY, "--device", "mps"]) == 1
+    one_line_error(capsys, "device 'mps' is not usable here")
+    assert not run.exists()
+    before = snapshot(run_copy)
+    assert main(["eval", str(run_copy), "--fid-weights", absent]) == 1
+    one_line_error(capsys, "absent-weights.pt not found")
+    assert snapshot(run_copy) == before
+
+
+def test_resume_of_a_checkpoint_whose_weights_do_not_fit_its_config(run_copy, capsys):
+    state = load_checkpoint(run_copy / "checkpoint.pt")
+    state["model"] = {k: v[..., :1] if v.dim() else v for k, v in state["model"].items()}
+    save_checkpoint(run_copy / "checkpoint.pt", state)
+    assert main(["train", "--run-dir", str(run_copy), "--resume", "--steps", "40"]) == 1
+    one_line_error(capsys, "cannot resume", "its state does not fit its config")
+
+
+def test_nan_weights_in_eval_and_sample_are_one_line(run_copy, capsys):
+    state = load_checkpoint(run_copy / "checkpoint.pt")
+    name = next(iter(state["ema"]))
+    state["ema"][name] = state["ema"][name] * math.nan
+    torch.save(state, run_copy / "checkpoint.pt")
+    for command in ("eval", "sample"):
+        assert main([command, str(run_copy)]) == 1
+        one_line_error(capsys, "does not hold a usable ndm run", "non-finite weights")
 
 
 def test_missing_run_and_missing_checkpoint(tmp_path, capsys):

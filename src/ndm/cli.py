@@ -1,7 +1,10 @@
 """Command line: ``ndm train``, ``ndm sample RUN`` and ``ndm eval RUN``.
 
 ``ndm`` with no command trains with the defaults. Errors print one line to stderr and
-return a non-zero exit code (2 for bad arguments, 1 otherwise).
+return a non-zero exit code (2 for bad arguments, 1 otherwise). Training ends with the
+run's ``metrics.json``; each ``ndm eval`` adds a record ``evals/<time>.json`` and changes
+nothing else. Every record holds the checkpoint's step, the time, the data path and the
+evaluation settings beside the metrics.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -41,9 +44,19 @@ from ndm.model import NDM
 from ndm.plots import plot_samples, plot_trajectories, plot_transform
 from ndm.run_guard import RunStopped
 from ndm.samplers import ODE_METHODS, SAMPLERS
-from ndm.training import METRICS_SUMMARY, RUN_FILES, load_data, load_run, load_run_config, train
+from ndm.training import (
+    METRICS_SUMMARY,
+    RUN_FILES,
+    load_data,
+    load_run,
+    load_run_config,
+    run_step,
+    train,
+)
 
 TRAJECTORY_STEPS = 50
+EVALUATIONS = "evals"  # one JSON record per `ndm eval`, named by its time
+DATA_PATH_HELP = "where the run's dataset is now (default: the path it was trained from)"
 TRANSFORM_POINTS = 2000
 TRANSFORM_IMAGES = 6
 
@@ -136,9 +149,35 @@ def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path) -> dict:
         plot_samples(result.sample, splits.test[: cfg.eval.n_samples], run_dir / "samples.png")
         plot_transform(model, splits.test[:TRANSFORM_POINTS], run_dir / "transform.png")
         plot_trajectories(result.trajectory, run_dir / "trajectories.png")
-    metrics = _metrics(model, cfg, splits)
+    metrics = _record(_metrics(model, cfg, splits), cfg, cfg.train.steps)
     save_json(run_dir / METRICS_SUMMARY, metrics)
     return metrics
+
+
+def _record(metrics: dict, cfg: RunConfig, step: int) -> dict:
+    """``metrics`` with what produced them: the checkpoint's step, the time, the data path
+    and the evaluation settings."""
+    return {
+        "step": step,
+        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data_path": cfg.data.path,
+        "eval_settings": asdict(cfg.eval),
+    } | metrics
+
+
+def _unused_path(folder: Path, stem: str, suffix: str) -> Path:
+    """``folder/stem.suffix``, or ``folder/stem-<k>.suffix`` with the first free ``k``."""
+    path, k = folder / f"{stem}{suffix}", 1
+    while path.exists():
+        path, k = folder / f"{stem}-{k}{suffix}", k + 1
+    return path
+
+
+def _moved_data(cfg: RunConfig, data_path: Path | None) -> RunConfig:
+    """``cfg`` reading its dataset from ``data_path`` when one is given."""
+    if data_path is None:
+        return cfg
+    return replace(cfg, data=replace(cfg.data, path=str(data_path.expanduser().resolve())))
 
 
 def _metrics(model: NDM | LatentNDM, cfg: RunConfig, splits: Splits) -> dict:
@@ -185,6 +224,7 @@ def _sample(args: argparse.Namespace) -> None:
                 f"--out would overwrite {path}, which the run needs; choose another name"
             )
     cfg, model = load_run(args.run)
+    cfg = _moved_data(cfg, args.data_path)
     splits = load_data(cfg.data)
     options = {
         "ode": {"method": args.method, "rtol": args.rtol, "atol": args.atol},
@@ -196,7 +236,6 @@ def _sample(args: argparse.Namespace) -> None:
             model, splits, args.n, args.sampler, args.steps, generator, **options
         )
         test = model_input(splits.test[: args.n], splits, None, augment=False)
-        plot_image_samples(samples, test, out)
     else:
         result = model.sample(
             (args.n, *splits.shape),
@@ -206,6 +245,12 @@ def _sample(args: argparse.Namespace) -> None:
             **options,
         )
         samples, nfe = result.sample, result.nfe
+    bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
+    if bad:
+        raise FloatingPointError(f"{bad} of {args.n} samples are not finite; nothing written")
+    if splits.is_image:
+        plot_image_samples(samples, test, out)
+    else:
         plot_samples(samples, splits.test[: args.n], out)
     tensor_path = out.with_suffix(".pt")
     atomic_write(tensor_path, lambda file: torch.save(samples, file))
@@ -214,16 +259,26 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    cfg, model = load_run(args.run)
+    run = Path(args.run)
+    cfg, model = load_run(run)
+    step = run_step(run)
     changes = {
         key: getattr(args, key)
         for key in ("n_eval", "fid_samples", "fid_sampler", "fid_steps", "fid_weights")
         if getattr(args, key) is not None
     }
-    cfg = replace(cfg, eval=replace(cfg.eval, **changes))
-    metrics = _metrics(model, cfg, load_data(cfg.data))
-    save_json(Path(args.run) / METRICS_SUMMARY, metrics)
+    if changes.get("fid_weights"):
+        changes["fid_weights"] = str(Path(changes["fid_weights"]).expanduser().resolve())
+    cfg = _moved_data(replace(cfg, eval=replace(cfg.eval, **changes)), args.data_path)
+    if cfg.eval.fid_weights and not Path(cfg.eval.fid_weights).is_file():
+        raise FileNotFoundError(f"FID weights file {cfg.eval.fid_weights} not found")
+    metrics = _record(_metrics(model, cfg, load_data(cfg.data)), cfg, step)
+    folder = run / EVALUATIONS
+    folder.mkdir(exist_ok=True)
+    path = _unused_path(folder, time.strftime("%Y%m%d-%H%M%S"), ".json")
+    save_json(path, metrics)
     print(_summary(metrics))
+    print(f"wrote {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample_p.add_argument("--atol", type=positive_float, default=1e-5, help="dopri5 atol")
     sample_p.add_argument("--seed", type=_checked(int, NON_NEGATIVE), default=0)
     sample_p.add_argument("--out", type=Path, help="figure path (a .pt tensor goes beside it)")
+    sample_p.add_argument("--data-path", type=Path, help=DATA_PATH_HELP)
     sample_p.set_defaults(handler=_sample)
 
     eval_p = commands.add_parser("eval", help="test-set NLL and NELBO of a trained run")
@@ -264,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     eval_p.add_argument("--fid-sampler", choices=sorted(SAMPLERS), help="sampler for FID")
     eval_p.add_argument("--fid-steps", type=positive_int, help="sampler steps for FID")
     eval_p.add_argument("--fid-weights", help="Inception-v3 FID weights file (else classifier)")
+    eval_p.add_argument("--data-path", type=Path, help=DATA_PATH_HELP)
     eval_p.set_defaults(handler=_eval)
     return parser
 

@@ -35,8 +35,8 @@ class Distributed:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``"auto"``: the ``local_rank``-th GPU when CUDA is available, else the CPU; ``"cuda"``
-    under ``torchrun`` means this process's GPU. Raises ``ValueError`` for a CUDA device
-    on a machine without CUDA."""
+    under ``torchrun`` means this process's GPU. Raises ``ValueError`` for a device this
+    machine cannot use (CUDA without CUDA, MPS without its build, a GPU index it lacks)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -45,6 +45,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise ValueError(f"device {name!r} asked for, but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+    if device.type != "cpu":
+        try:
+            torch.zeros(1, device=device)
+        except (RuntimeError, AssertionError) as error:  # no backend, or no such index
+            reason = str(error).strip().split("\n")[0].split(". ")[0][:160]
+            raise ValueError(f"device {name!r} is not usable here ({reason})") from error
     return device
 
 

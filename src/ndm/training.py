@@ -382,12 +382,18 @@ def train(
     batches = torch.Generator().manual_seed(cfg.train.seed)
     start = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        batches.set_state(state["generator"])
-        _set_rng_state(state["rng"], device)
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            batches.set_state(state["generator"])
+            _set_rng_state(state["rng"], device)
+        except (RuntimeError, KeyError, ValueError, TypeError) as error:
+            reason = str(error).strip().split("\n")[0][:200]
+            raise ValueError(
+                f"cannot resume {ckpt_path}: its state does not fit its config ({reason})"
+            ) from error
         start = state["step"]
     # a latent run leaves the NDM (first stage) or the autoencoder (two_stage) without gradients
     wrapped = (
@@ -544,6 +550,11 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> tuple[RunConfig, N
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"{path} does not hold a usable ndm run: {error}") from error
     return cfg, ema.module
+
+
+def run_step(run_dir: str | Path) -> int:
+    """The step the checkpoint in ``run_dir`` was written at."""
+    return load_checkpoint(_checkpoint_in(run_dir), ("step",))["step"]
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
