@@ -317,7 +317,30 @@ def _corrupt_image(folder: Path) -> str:
     return "bad.jpg: not a readable PNG/JPEG image"
 
 
+def _cifar_label_out_of_range(folder: Path) -> str:
+    write_cifar(folder)
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [99]}
+    (folder / "data_batch_4").write_bytes(pickle.dumps(batch))
+    return "data_batch_4: labels must lie in 0..9, got 99..99"
+
+
+def _imagenet_label_out_of_range(folder: Path) -> str:
+    write_imagenet(folder, 32)
+    np.savez(folder / "val_data.npz", data=np.zeros((1, 3 * 32 * 32), np.uint8), labels=[2000])
+    return "val_data.npz: expected 1 labels in 1..1000"
+
+
+def _npz_of_objects(folder: Path) -> str:
+    write_imagenet(folder, 32)
+    np.save(folder / "val_data.npz", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (folder / "val_data.npz.npy").rename(folder / "val_data.npz")
+    return "val_data.npz: it holds pickled Python objects, not arrays"
+
+
 MALFORMED = {
+    "cifar_label": ("cifar10", _cifar_label_out_of_range, ValueError),
+    "imagenet_label": ("imagenet32", _imagenet_label_out_of_range, ValueError),
+    "npz_of_objects": ("imagenet32", _npz_of_objects, ValueError),
     "truncated_idx": ("mnist", _truncated_idx, ValueError),
     "wrong_magic": ("mnist", _wrong_magic, ValueError),
     "missing_idx": ("fashion_mnist", _missing_idx, FileNotFoundError),
@@ -341,6 +364,18 @@ def test_malformed_files_name_the_file(tmp_path: Path, case: str) -> None:
         load_image_dataset(name, folder, resolution=8 if name == "folder" else None)
     assert message in str(caught.value)
     assert str(folder) in str(caught.value)
+    assert "allow_pickle" not in str(caught.value)
+
+
+def test_sixteen_bit_grey_pngs_are_scaled_to_eight_bits(tmp_path: Path) -> None:
+    """Pillow's own conversion of a 16-bit image clips every value above 255 to white."""
+    from ndm.data.formats import read_image
+
+    levels = np.arange(64, dtype=np.int64).reshape(8, 8) * 4  # 8-bit levels 0..252
+    Image.fromarray((levels * 257).astype(np.uint16)).save(tmp_path / "wide.png")
+    image = read_image(tmp_path / "wide.png", 8)
+    assert image.shape == (3, 8, 8)
+    assert np.array_equal(image[0], levels) and np.array_equal(image[2], levels)
 
 
 def test_bad_names_and_paths(tmp_path: Path) -> None:

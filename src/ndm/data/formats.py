@@ -7,10 +7,12 @@ Nothing is downloaded: every reader takes a folder the user already has. Each re
 * MNIST / Fashion-MNIST (:func:`read_mnist`): the four IDX files
   ``{train,t10k}-{images-idx3,labels-idx1}-ubyte``, gzipped (``.gz``) or raw.
 * CIFAR-10 (:func:`read_cifar10`): the python pickle batches ``data_batch_1..5`` and
-  ``test_batch``. Unpickling runs code from the file: read only batches you trust.
+  ``test_batch``, read by an unpickler that builds numpy arrays and containers only, so a
+  hostile file cannot run code.
 * Downsampled ImageNet (:func:`read_imagenet`): ``train_data_batch_<k>.npz`` and
   ``val_data.npz``, labels stored 1-based and returned 0-based.
-* A folder of PNG/JPEG images (:func:`read_image_folder`), center-cropped and resized.
+* A folder of PNG/JPEG images (:func:`read_image_folder`), center-cropped and resized;
+  16-bit greyscale images are scaled to 8 bits.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{k}" for k in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
 CIFAR_SUBFOLDER = "cifar-10-batches-py"
 CIFAR_SIDE = 32
+CIFAR_CLASSES = 10
+IMAGENET_CLASSES = 1000
+#: Pillow modes of greyscale images with more than 8 bits per pixel.
+WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 IMAGENET_TEST_FILE = "val_data.npz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Every ``FOLDER_TEST_EVERY``-th image of a folder (sorted positions 0, 10, 20, ...) is a test
@@ -180,6 +186,11 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"CIFAR-10 batch {path}: expected {data.shape[0]} labels, got {list(labels.shape)}"
         )
+    if labels.size and (labels.min() < 0 or labels.max() >= CIFAR_CLASSES):
+        raise ValueError(
+            f"CIFAR-10 batch {path}: labels must lie in 0..{CIFAR_CLASSES - 1}, "
+            f"got {labels.min()}..{labels.max()}"
+        )
     return data.reshape(-1, 3, CIFAR_SIDE, CIFAR_SIDE), labels
 
 
@@ -218,7 +229,10 @@ def read_imagenet_npz(path: Path, side: int) -> tuple[np.ndarray, np.ndarray]:
                 raise ValueError(f"lacks array {missing[0]!r}, has {npz.files}")
             data, labels = npz["data"], npz["labels"].astype(np.int64)
     except Exception as error:
-        raise ValueError(f"ImageNet npz {path}: {error}") from error
+        reason = str(error)
+        if "allow_pickle" in reason:  # numpy's advice to unpickle is no advice here
+            reason = "it holds pickled Python objects, not arrays"
+        raise ValueError(f"ImageNet npz {path}: {reason}") from error
     values = data.shape[1] if data.ndim == 2 else 0
     found = math.isqrt(values // 3)
     if data.dtype != np.uint8 or values == 0 or 3 * found * found != values:
@@ -231,8 +245,12 @@ def read_imagenet_npz(path: Path, side: int) -> tuple[np.ndarray, np.ndarray]:
             f"ImageNet npz {path} has {values} values per image, which is {found}x{found}, "
             f"but resolution {side} was requested"
         )
-    if labels.shape != data.shape[:1] or (labels.size and labels.min() < 1):
-        raise ValueError(f"ImageNet npz {path}: expected {data.shape[0]} labels in 1..1000")
+    if labels.shape != data.shape[:1] or (
+        labels.size and (labels.min() < 1 or labels.max() > IMAGENET_CLASSES)
+    ):
+        raise ValueError(
+            f"ImageNet npz {path}: expected {data.shape[0]} labels in 1..{IMAGENET_CLASSES}"
+        )
     return data.reshape(-1, 3, side, side), labels - 1
 
 
@@ -275,6 +293,15 @@ def image_files(directory: Path) -> list[Path]:
     return sorted(files, key=lambda path: path.relative_to(directory).as_posix())
 
 
+def _grey_8_bit(image: Image.Image, path: Path) -> Image.Image:
+    """A 16-bit greyscale image (values ``0..65535``) as 8-bit levels ``round(v / 257)``
+    (Pillow's own conversion clips every value above 255 to white)."""
+    values = np.asarray(image, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"values {values.min()}..{values.max()} are not 16-bit levels")
+    return Image.fromarray(np.rint(values / 257).astype(np.uint8), mode="L")
+
+
 def read_image(path: Path, resolution: int) -> np.ndarray:
     """One image as RGB ``uint8 [3, resolution, resolution]``.
 
@@ -286,6 +313,8 @@ def read_image(path: Path, resolution: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.draft("RGB", size)
+            if image.mode in WIDE_GREY_MODES:
+                image = _grey_8_bit(image, path)
             rgb = ImageOps.fit(image.convert("RGB"), size, Image.Resampling.LANCZOS)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: not a readable PNG/JPEG image ({error})") from error
