@@ -272,3 +272,31 @@ def test_ddim_eta_out_of_range_is_refused(trained, capsys, eta):
     assert main(["sample", str(trained), "--sampler", "ddim", "--eta", eta]) == 2
     one_line_error(capsys, "must be in [0, 1]")
     assert snapshot(trained) == before
+
+
+def test_sigterm_stops_train_with_a_checkpoint_and_the_conventional_exit_code(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    flags = [a if a != "20" else "100000" for a in TINY]  # --steps 100000
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ndm.cli", "train", "--run-dir", str(run), *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    while not (run / "config.json").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    step = load_checkpoint(run / "checkpoint.pt")["step"]
+    last = err.strip().splitlines()[-1]
+    assert f"stopped by SIGTERM after step {step}; checkpoint written at step {step}" in last
+    assert last.endswith("continue it with --resume")
