@@ -105,6 +105,9 @@ def test_unknown_sampler_and_bad_grid():
         time_grid(0)
     with pytest.raises(ValueError, match="unknown ODE method"):
         get_sampler("ode")(process, predictor, torch.randn(2, 2), time_grid(2), method="rk45")
+    for tolerances in ({"rtol": 0.0}, {"atol": -1e-3}, {"rtol": math.inf}):
+        with pytest.raises(ValueError, match="tolerances must be positive and finite"):
+            get_sampler("ode")(process, predictor, torch.randn(2, 2), time_grid(2), **tolerances)
 
 
 class _ConstantVariance(torch.nn.Module):

@@ -11,6 +11,7 @@ An option a sampler does not take is a ``TypeError``, never silently dropped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -175,6 +176,10 @@ def torchdiffeq_options(method: str, grid: Tensor, rtol: float, atol: float) -> 
     interval."""
     if method not in ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; choose one of {ODE_METHODS}")
+    if not (0 < rtol < math.inf and 0 < atol < math.inf):
+        raise ValueError(
+            f"ODE tolerances must be positive and finite, got rtol={rtol}, atol={atol}"
+        )
     if method == "dopri5":
         return {"method": "dopri5", "rtol": rtol, "atol": atol, "options": {"step_t": grid[-1:]}}
     name = "heun2" if method == "heun" else method
