@@ -241,7 +241,10 @@ class EvalConfig(_Section):
     )
     probes: int = _option(1, "Hutchinson probes per example", check=POSITIVE)
     nelbo_terms: int = _option(
-        0, "discrete NELBO: terms summed (0: all T; else a stratified estimate)", check=NON_NEGATIVE
+        0,
+        "discrete NELBO: strata K (0: all T terms; else the first T/K steps exactly and one "
+        "drawn step in each other block of T/K)",
+        check=NON_NEGATIVE,
     )
     rtol: float = _option(1e-5, "relative tolerance of the ODE solver", check=POSITIVE)
     atol: float = _option(1e-5, "absolute tolerance of the ODE solver", check=POSITIVE)
