@@ -189,3 +189,15 @@ def test_an_eps_predictor_is_refused_where_alpha_1_is_zero():
     with pytest.raises(ValueError, match="alpha_1 = 0: use output 'x'"):
         Predictor(torch.nn.Identity(), FlowMatchingOTSchedule(), "eps")
     Predictor(torch.nn.Identity(), FlowMatchingOTSchedule(), "x")
+
+
+def test_an_ode_solver_failure_is_a_floating_point_error():
+    """A drift that is NaN makes dopri5's step size underflow: one error naming it."""
+    schedule = LinearVPSchedule()
+    process = NeuralDiffusion(schedule, IdentityTransform())
+
+    def nan_predictor(z, t):
+        return z * math.nan
+
+    with pytest.raises(FloatingPointError, match="ODE solver failed.*not finite"):
+        get_sampler("ode")(process, nan_predictor, torch.randn(2, 2), time_grid(1))

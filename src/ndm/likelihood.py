@@ -18,7 +18,6 @@ import math
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from ndm.decoders import Decoder, GaussianDecoder
 from ndm.objectives import (
@@ -29,7 +28,7 @@ from ndm.objectives import (
 )
 from ndm.predictors import Predictor
 from ndm.process import NeuralDiffusion
-from ndm.samplers import CountingDrift, torchdiffeq_options
+from ndm.samplers import CountingDrift, solve_ode, torchdiffeq_options
 from ndm.transforms import _per_example
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -112,7 +111,7 @@ def ode_nll(
         if divergence == "hutchinson":
             coin = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
             probes = coin.to(x.dtype) * 2 - 1
-        z_t, logdet = odeint(_AugmentedDrift(rhs, probes), (z0, zero), ends, **opts)
+        z_t, logdet = solve_ode(_AugmentedDrift(rhs, probes), (z0, zero), ends, **opts)
         z1, integral = z_t[-1], logdet[-1]
         log_prior = -0.5 * (z1.flatten(1).pow(2).sum(1) + dims * math.log(2 * math.pi))
         estimates.append(-(log_prior + integral) - dims * alpha0.log())

@@ -186,6 +186,18 @@ def torchdiffeq_options(method: str, grid: Tensor, rtol: float, atol: float) -> 
     return {"method": name, "options": {"grid_constructor": lambda *_: grid}}
 
 
+def solve_ode(rhs: torch.nn.Module, state: object, times: Tensor, **options: object) -> object:
+    """``torchdiffeq.odeint(rhs, state, times, **options)``; a solver that fails (the step
+    size of an adaptive one underflows, as on a drift that is NaN or blows up) raises
+    ``FloatingPointError`` naming the cause instead of torchdiffeq's ``AssertionError``."""
+    try:
+        return odeint(rhs, state, times, **options)
+    except AssertionError as error:
+        raise FloatingPointError(
+            f"the ODE solver failed ({error}): the model's drift is not finite or not stable"
+        ) from error
+
+
 @register("ode")
 def ode(
     process,
@@ -205,5 +217,5 @@ def ode(
     rhs = CountingDrift(process, predictor)
     grid = grid.to(z.dtype)
     with torch.no_grad():
-        states = odeint(rhs, z, grid, **torchdiffeq_options(method, grid, rtol, atol))
+        states = solve_ode(rhs, z, grid, **torchdiffeq_options(method, grid, rtol, atol))
     return SampleResult(_decode(process, states[-1]), rhs.nfe, states if trajectory else None)
