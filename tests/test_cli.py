@@ -48,7 +48,8 @@ def one_line_error(capsys, *fragments):
 
 
 def test_train_writes_run_files_and_metrics(trained):
-    assert {p.name for p in trained.iterdir()} == RUN_FILES | FIGURES
+    written = {p.name for p in trained.iterdir() if not p.name.startswith("events.out.tfevents")}
+    assert written == RUN_FILES | FIGURES
     assert all((trained / name).read_bytes().startswith(b"\x89PNG") for name in FIGURES)
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["n_eval"] == 64 and metrics["entropy"] == pytest.approx(math.log(32))
@@ -301,3 +302,62 @@ def test_sigterm_stops_train_with_a_checkpoint_and_the_conventional_exit_code(tm
     last = err.strip().splitlines()[-1]
     assert f"stopped by SIGTERM after step {step}; checkpoint written at step {step}" in last
     assert last.endswith("continue it with --resume")
+
+
+def test_bare_ndm_prints_help_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 0
+    assert "{train,sample,eval,export}" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_file_reproduces_the_run_it_was_written_by(trained, tmp_path):
+    """``RUN/config.json`` fed back with ``--config`` trains the same weights."""
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(trained / "config.json"), "--run-dir", str(again),
+                 "--eval", "none"]) == 0  # fmt: skip
+    a, b = load_checkpoint(trained / "checkpoint.pt"), load_checkpoint(again / "checkpoint.pt")
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+    assert (again / "config.json").read_text() == (trained / "config.json").read_text()
+    assert not (again / "metrics.json").exists()
+
+
+def test_flags_beside_a_config_file_override_it(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"data": {"dataset": "moons"}, "train": {"steps": 99}}))
+    run = tmp_path / "run"
+    args = ["train", "--config", str(config), "--run-dir", str(run), *TINY, "--eval", "none"]
+    assert main(args) == 0
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["data"]["dataset"] == "moons" and recorded["train"]["steps"] == 20
+    config.write_text(json.dumps({"train": {"stepz": 3}}))
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "b")]) == 1
+    one_line_error(capsys, "c.json", "unknown config keys ['stepz']")
+    config.write_text("{oops")
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "b")]) == 1
+    one_line_error(capsys, "c.json is not JSON")
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_example_config_files_train(tmp_path):
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
+    assert configs
+    for config in configs:
+        run = tmp_path / config.stem
+        args = ["train", "--config", str(config), "--run-dir", str(run), "--steps", "2"]
+        assert main([*args, "--eval", "fast"]) == 0, config
+        assert json.loads((run / "metrics.json").read_text())["n_eval"] <= 100
+
+
+def test_eval_takes_every_evaluation_setting_and_a_device(run_copy, capsys):
+    args = ["eval", str(run_copy), "--device", "cpu", "--n-eval", "8", "--rtol", "1e-2",
+            "--atol", "1e-2", "--nelbo-time-samples", "2", "--divergence", "hutchinson"]  # fmt: skip
+    assert main(args) == 0
+    (record,) = [json.loads(p.read_text()) for p in (run_copy / "evals").iterdir()]
+    assert record["eval_settings"]["rtol"] == 1e-2 and record["nll_divergence"] == "hutchinson"
+    capsys.readouterr()
+    assert main(["eval", str(run_copy), "--probes", "0"]) == 1
+    one_line_error(capsys, "probes must be positive")

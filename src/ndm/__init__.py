@@ -6,6 +6,7 @@ losses are per-example terms in nats; bits/dim via :func:`ndm.likelihood.bits_pe
 
 from ndm.autoencoder import Autoencoder
 from ndm.decoders import CategoricalDecoder, GaussianDecoder
+from ndm.export import export_run, load_pretrained
 from ndm.latent import LatentNDM
 from ndm.likelihood import (
     bits_per_dim,
@@ -40,6 +41,7 @@ from ndm.special_cases import (
     special_case_config,
     special_case_flags,
 )
+from ndm.training import load_run, train
 from ndm.transforms import (
     AffineTransform,
     IdentityTransform,
@@ -78,11 +80,15 @@ __all__ = [
     "dequantisation_offset",
     "discrete_nelbo",
     "discrete_nelbo_terms",
+    "export_run",
     "get_sampler",
+    "load_pretrained",
+    "load_run",
     "make_schedule",
     "ode_nll",
     "simple_noise_loss",
     "special_case_config",
     "special_case_flags",
     "time_grid",
+    "train",
 ]

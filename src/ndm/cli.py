@@ -1,6 +1,6 @@
-"""Command line: ``ndm train``, ``ndm sample RUN`` and ``ndm eval RUN``.
+"""Command line: ``ndm train``, ``ndm sample RUN``, ``ndm eval RUN`` and ``ndm export RUN OUT``.
 
-``ndm`` with no command trains with the defaults. Errors print one line to stderr and
+``ndm`` with no command prints its help. Errors print one line to stderr and
 return a non-zero exit code (2 for bad arguments, 1 otherwise). Training ends with the
 run's ``metrics.json``; each ``ndm eval`` adds a record ``evals/<time>.json`` and changes
 nothing else. Every record holds the checkpoint's step, the time, the data path and the
@@ -10,10 +10,11 @@ evaluation settings beside the metrics.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,9 +26,11 @@ from ndm.config import (
     NON_NEGATIVE,
     POSITIVE,
     Check,
+    EvalConfig,
     RunConfig,
     add_config_arguments,
     config_from_args,
+    config_from_dict,
 )
 from ndm.data.loading import Splits, model_input
 from ndm.distributed import init_distributed
@@ -38,6 +41,7 @@ from ndm.evaluation import (
     sample_images,
     sample_quality,
 )
+from ndm.export import DESCRIPTION, export_run
 from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predictions_from_noise
 from ndm.latent import LatentNDM
 from ndm.model import NDM
@@ -57,8 +61,20 @@ from ndm.training import (
 TRAJECTORY_STEPS = 50
 EVALUATIONS = "evals"  # one JSON record per `ndm eval`, named by its time
 DATA_PATH_HELP = "where the run's dataset is now (default: the path it was trained from)"
+DEVICE_HELP = "torch device (auto: a GPU if there is one)"
+EVAL_LEVELS = ("full", "fast", "none")
+FAST_EVAL = 100  # test examples and plot samples of --eval fast
 TRANSFORM_POINTS = 2000
 TRANSFORM_IMAGES = 6
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that ends with each option's default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,8 +128,10 @@ def _summary(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path) -> dict:
-    """Write the figures and ``metrics.json`` of a trained run; return the metrics."""
+def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path, level: str) -> dict:
+    """Write the figures and ``metrics.json`` of a trained run, evaluated at ``level``
+    (``fast`` or ``full``, see :func:`_evaluation_level`); return the metrics."""
+    cfg = _evaluation_level(cfg, level)
     splits = load_data(cfg.data)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.train.seed)
     print(f"sampling {cfg.eval.n_samples} examples along the ODE", file=sys.stderr)
@@ -196,10 +214,46 @@ def _metrics(model: NDM | LatentNDM, cfg: RunConfig, splits: Splits) -> dict:
     return metrics
 
 
+def _config_file(path: Path) -> RunConfig:
+    """The run config of a JSON file (``{section: {field: value}}``, as ``config.json``)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"config file {path} not found") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config file {path} is not JSON ({error})") from error
+    try:
+        return config_from_dict(data)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"config file {path}: {error}") from error
+
+
+def _evaluation_level(cfg: RunConfig, level: str) -> RunConfig:
+    """``cfg`` evaluated as ``--eval`` asks: ``full`` as configured; ``fast`` on at most
+    :data:`FAST_EVAL` test examples and plot samples, tolerances 1e-3, no FID."""
+    if level != "fast":
+        return cfg
+    e = cfg.eval
+    fast = replace(
+        e,
+        n_eval=min(e.n_eval, FAST_EVAL),
+        n_samples=min(e.n_samples, FAST_EVAL),
+        rtol=max(e.rtol, 1e-3),
+        atol=max(e.atol, 1e-3),
+        nelbo_time_samples=min(e.nelbo_time_samples, 8),
+        fid_samples=0,
+    )
+    return replace(cfg, eval=fast)
+
+
 def _train(args: argparse.Namespace) -> None:
     if args.resume and args.run_dir is None:
         raise ValueError("--resume needs the --run-dir of the run to continue")
+    if args.resume and args.config is not None:
+        raise ValueError("--config starts a run; --resume continues one with its own config")
     base = load_run_config(args.run_dir) if args.resume else None
+    if args.config is not None:
+        base = _config_file(args.config)
     cfg = config_from_args(args, base)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     latent = "latent-" if cfg.latent.enabled else ""
@@ -208,13 +262,17 @@ def _train(args: argparse.Namespace) -> None:
     model = train(cfg, run_dir, resume=args.resume)
     if not init_distributed(cfg.train.device).is_main:
         return
-    metrics = _report(model, cfg, run_dir)
     print(f"trained {cfg.train.steps} steps in {run_dir}")
+    if args.eval == "none":
+        print(f"evaluation skipped (--eval none); run: ndm eval {run_dir}")
+        return
+    metrics = _report(model, load_run_config(run_dir) if args.resume else cfg, run_dir, args.eval)
     print(_summary(metrics))
 
 
 def _sample(args: argparse.Namespace) -> None:
-    out = Path(args.out or Path(args.run) / f"samples-{args.sampler}-{args.steps}.png")
+    method = f"-{args.method}" if args.sampler == "ode" else ""
+    out = Path(args.out or Path(args.run) / f"samples-{args.sampler}{method}-{args.steps}.png")
     if out.suffix != ".png":
         raise ValueError(f"--out must name a .png file, got {out}")
     needed = {(Path(args.run) / name).resolve() for name in RUN_FILES}
@@ -223,14 +281,14 @@ def _sample(args: argparse.Namespace) -> None:
             raise ValueError(
                 f"--out would overwrite {path}, which the run needs; choose another name"
             )
-    cfg, model = load_run(args.run)
+    cfg, model = load_run(args.run, device=args.device)
     cfg = _moved_data(cfg, args.data_path)
     splits = load_data(cfg.data)
     options = {
         "ode": {"method": args.method, "rtol": args.rtol, "atol": args.atol},
         "ddim": {"eta": args.eta},
     }.get(args.sampler, {})
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
     if splits.is_image:
         samples, nfe = sample_images(
             model, splits, args.n, args.sampler, args.steps, generator, **options
@@ -244,7 +302,7 @@ def _sample(args: argparse.Namespace) -> None:
             generator=generator,
             **options,
         )
-        samples, nfe = result.sample, result.nfe
+        samples, nfe = result.sample.cpu(), result.nfe
     bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
     if bad:
         raise FloatingPointError(f"{bad} of {args.n} samples are not finite; nothing written")
@@ -260,12 +318,12 @@ def _sample(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     run = Path(args.run)
-    cfg, model = load_run(run)
+    cfg, model = load_run(run, device=args.device)
     step = run_step(run)
     changes = {
-        key: getattr(args, key)
-        for key in ("n_eval", "fid_samples", "fid_sampler", "fid_steps", "fid_weights")
-        if getattr(args, key) is not None
+        f.name: getattr(args, f.name)
+        for f in fields(EvalConfig)
+        if getattr(args, f.name, None) is not None
     }
     if changes.get("fid_weights"):
         changes["fid_weights"] = str(Path(changes["fid_weights"]).expanduser().resolve())
@@ -281,21 +339,53 @@ def _eval(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    path = export_run(args.run, args.out)
+    print(f"wrote {path} and {path.with_name(DESCRIPTION)}; load with ndm.load_pretrained")
+
+
+def _add_eval_overrides(parser: argparse.ArgumentParser) -> None:
+    """One optional flag per evaluation setting; absent ones keep the run's value."""
+    group = parser.add_argument_group("evaluation options (default: the run's own)")
+    for f in fields(EvalConfig):
+        choices = f.metadata["choices"]
+        group.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=type(f.default),
+            choices=choices,
+            default=argparse.SUPPRESS,
+            metavar=None if choices else f.name.upper(),
+            help=f.metadata["help"],
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``ndm`` argument parser with its three sub-commands."""
+    """The ``ndm`` argument parser with its four sub-commands."""
     parser = _Parser(prog="ndm", description="Neural Diffusion Models")
     commands = parser.add_subparsers(dest="command", required=True)
     positive_int, positive_float = _checked(int, POSITIVE), _checked(float, POSITIVE)
+    shown = {"formatter_class": _DefaultsShown}
 
     train_p = commands.add_parser("train", help="train a model, then plot and evaluate it")
     train_p.add_argument(
         "--run-dir", type=Path, help="run folder (default: runs/<dataset>-<transform>-<time>)"
     )
     train_p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    train_p.add_argument(
+        "--config", type=Path, help="JSON config file (as RUN/config.json); flags override it"
+    )
+    train_p.add_argument(
+        "--eval",
+        choices=EVAL_LEVELS,
+        default="full",
+        help="after training: full (figures and the configured evaluation), fast (figures, "
+        f"{FAST_EVAL} test examples, tolerances 1e-3, no FID) or none (default: full)",
+    )
     add_config_arguments(train_p, RunConfig)
     train_p.set_defaults(handler=_train)
 
-    sample_p = commands.add_parser("sample", help="draw samples from a trained run")
+    sample_p = commands.add_parser("sample", help="draw samples from a trained run", **shown)
     sample_p.add_argument("run", type=Path, help="run folder")
     sample_p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ode")
     sample_p.add_argument("--steps", type=positive_int, default=100, help="sampler steps")
@@ -306,30 +396,41 @@ def build_parser() -> argparse.ArgumentParser:
     sample_p.add_argument("--method", choices=ODE_METHODS, default="dopri5", help="ODE solver")
     sample_p.add_argument("--rtol", type=positive_float, default=1e-5, help="dopri5 rtol")
     sample_p.add_argument("--atol", type=positive_float, default=1e-5, help="dopri5 atol")
-    sample_p.add_argument("--seed", type=_checked(int, NON_NEGATIVE), default=0)
-    sample_p.add_argument("--out", type=Path, help="figure path (a .pt tensor goes beside it)")
+    sample_p.add_argument(
+        "--seed", type=_checked(int, NON_NEGATIVE), default=0, help="seed of the draws"
+    )
+    sample_p.add_argument(
+        "--out",
+        type=Path,
+        help="figure path, a .pt tensor beside it (default: RUN/samples-<sampler>[-<method>]"
+        "-<steps>.png)",
+    )
     sample_p.add_argument("--data-path", type=Path, help=DATA_PATH_HELP)
+    sample_p.add_argument("--device", default="auto", help=DEVICE_HELP)
     sample_p.set_defaults(handler=_sample)
 
-    eval_p = commands.add_parser("eval", help="test-set NLL and NELBO of a trained run")
+    eval_p = commands.add_parser("eval", help="test-set NLL and NELBO of a trained run", **shown)
     eval_p.add_argument("run", type=Path, help="run folder")
-    eval_p.add_argument("--n-eval", type=positive_int, help="test points (default: the run's)")
-    eval_p.add_argument(
-        "--fid-samples", type=_checked(int, NON_NEGATIVE), help="samples for FID (images)"
-    )
-    eval_p.add_argument("--fid-sampler", choices=sorted(SAMPLERS), help="sampler for FID")
-    eval_p.add_argument("--fid-steps", type=positive_int, help="sampler steps for FID")
-    eval_p.add_argument("--fid-weights", help="Inception-v3 FID weights file (else classifier)")
     eval_p.add_argument("--data-path", type=Path, help=DATA_PATH_HELP)
+    eval_p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _add_eval_overrides(eval_p)
     eval_p.set_defaults(handler=_eval)
+
+    export_p = commands.add_parser(
+        "export", help="EMA weights (safetensors) and config of a run, for ndm.load_pretrained"
+    )
+    export_p.add_argument("run", type=Path, help="run folder")
+    export_p.add_argument("out", type=Path, help="export folder (created; never overwritten)")
+    export_p.set_defaults(handler=_export)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
-        argv = ["train", *argv]
+    if not argv:
+        build_parser().print_help()
+        return 0
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:

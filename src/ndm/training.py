@@ -52,7 +52,13 @@ from ndm.checkpoint import (
 from ndm.config import DataConfig, EvalConfig, RunConfig, config_from_dict, config_to_dict
 from ndm.data.loading import Splits, load_splits, model_input
 from ndm.data.points import POINTS_DATASET, read_points, save_points
-from ndm.distributed import Distributed, init_distributed, mean_over_processes, shard_seed
+from ndm.distributed import (
+    Distributed,
+    init_distributed,
+    mean_over_processes,
+    resolve_device,
+    shard_seed,
+)
 from ndm.latent import LatentNDM, stage_at
 from ndm.likelihood import bits_per_dim, dequantisation_offset
 from ndm.model import NDM
@@ -519,8 +525,11 @@ def _kind(latent: bool) -> str:
     return "latent" if latent else "pixel"
 
 
-def load_run(run_dir: str | Path, kind: str | None = None) -> tuple[RunConfig, NDM | LatentNDM]:
-    """``(config, model with the EMA weights)`` of the checkpoint in ``run_dir``.
+def load_run(
+    run_dir: str | Path, kind: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[RunConfig, NDM | LatentNDM]:
+    """``(config, model with the EMA weights on device)`` of the checkpoint in ``run_dir``
+    (``device="auto"``: a GPU if there is one).
 
     ``kind`` (``"pixel"`` or ``"latent"``), when given, is the kind of model the caller
     expects; a run of the other kind raises ``ValueError``, as does a checkpoint whose
@@ -549,7 +558,7 @@ def load_run(run_dir: str | Path, kind: str | None = None) -> tuple[RunConfig, N
         ema.load_state_dict(state["ema"])
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"{path} does not hold a usable ndm run: {error}") from error
-    return cfg, ema.module
+    return cfg, ema.module.to(resolve_device(str(device)))
 
 
 def run_step(run_dir: str | Path) -> int:
