@@ -27,7 +27,7 @@ from ndm.schedules import (
     LearnedVPSchedule,
     LinearVPSchedule,
 )
-from ndm.timesampling import TIME_SAMPLINGS, sample_times
+from ndm.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS, sample_times
 from ndm.transforms import IdentityTransform, LearnedTransform, SeparableTransform, Transform
 from tests.exact_gaussian import COV, MEAN, ExactGaussianPredictor, sample_data
 
@@ -309,7 +309,7 @@ def test_separable_transform_gives_the_nelbo_of_its_function(objective: str):
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
         diffusion = 10 * discrete_diffusion_term(process, predictor, x, t - 0.1, t, noise)
     else:
-        t, density = sample_times(predictor.schedule, B, "importance", x, generator)
+        t, density = sample_times(predictor.schedule, B, DEFAULT_TIME_SAMPLING, x, generator)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
         diffusion = continuous_diffusion_integrand(process, predictor, x, t, noise) / density
     torch.testing.assert_close(terms[0].diffusion, diffusion)
@@ -334,3 +334,17 @@ def test_predictor_of_the_variance_splits_its_channels_and_checks_them():
         short(z, t)
     with pytest.raises(ValueError, match="reverse_variance 'learned'"):
         ModelConfig(objective="continuous", reverse_variance="learned")
+
+
+def test_one_default_time_sampling_everywhere():
+    import inspect
+
+    from ndm.config import ModelConfig
+    from ndm.likelihood import continuous_nelbo
+    from ndm.model import NDM
+
+    defaults = {
+        inspect.signature(fn).parameters["time_sampling"].default
+        for fn in (NDM.__init__, continuous_nelbo, continuous_nelbo_terms)
+    }
+    assert defaults == {ModelConfig().time_sampling} == {DEFAULT_TIME_SAMPLING}

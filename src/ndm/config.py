@@ -26,7 +26,7 @@ from ndm.nets.unet import UNET_PRESETS
 from ndm.predictors import PARAMETERISATIONS
 from ndm.samplers import SAMPLERS
 from ndm.schedules import SCHEDULES
-from ndm.timesampling import TIME_SAMPLINGS
+from ndm.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS
 from ndm.transforms import DERIVATIVES
 
 TRANSFORMS = ("learned", "separable", "identity", "blur")
@@ -118,7 +118,9 @@ class ModelConfig(_Section):
         "discrete objective, else posterior",
         REVERSE_VARIANCES,
     )
-    time_sampling: str = _option("gamma", "p(t) of the continuous objective", TIME_SAMPLINGS)
+    time_sampling: str = _option(
+        DEFAULT_TIME_SAMPLING, "p(t) of the continuous objective", TIME_SAMPLINGS
+    )
     kinetic_weight: float = _option(
         0.0,
         "weight lambda of the kinetic-energy penalty lambda E_t ||v(z_t, t)||^2 of the "

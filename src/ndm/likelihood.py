@@ -29,6 +29,7 @@ from ndm.objectives import (
 from ndm.predictors import Predictor
 from ndm.process import NeuralDiffusion
 from ndm.samplers import CountingDrift, solve_ode, torchdiffeq_options
+from ndm.timesampling import DEFAULT_TIME_SAMPLING
 from ndm.transforms import _per_example
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -166,7 +167,7 @@ def continuous_nelbo(
     predictor: Predictor,
     x: Tensor,
     num_time_samples: int = 64,
-    time_sampling: str = "importance",
+    time_sampling: str = DEFAULT_TIME_SAMPLING,
     decoder: Decoder | None = None,
     generator: torch.Generator | None = None,
 ) -> LossTerms:

@@ -21,7 +21,7 @@ from ndm.objectives import (
 from ndm.predictors import Predictor
 from ndm.process import NeuralDiffusion
 from ndm.samplers import SampleResult, get_sampler, time_grid
-from ndm.timesampling import TIME_SAMPLINGS
+from ndm.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS
 
 OBJECTIVES = ("continuous", "discrete", "simple")
 
@@ -44,7 +44,7 @@ class NDM(nn.Module):
         predictor: Predictor,
         objective: str = "continuous",
         num_steps: int = 1000,
-        time_sampling: str = "importance",
+        time_sampling: str = DEFAULT_TIME_SAMPLING,
         decoder: Decoder | None = None,
         kinetic_weight: float = 0.0,
         data_bound: float | None = None,

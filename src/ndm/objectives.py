@@ -31,7 +31,7 @@ from torch import Tensor
 from ndm.decoders import Decoder, GaussianDecoder
 from ndm.predictors import Predictor, predict
 from ndm.process import NeuralDiffusion, drift_from_transform
-from ndm.timesampling import sample_times
+from ndm.timesampling import DEFAULT_TIME_SAMPLING, sample_times
 from ndm.transforms import _per_example
 
 
@@ -157,7 +157,7 @@ def continuous_nelbo_terms(
     process: NeuralDiffusion,
     predictor: Predictor,
     x: Tensor,
-    time_sampling: str = "importance",
+    time_sampling: str = DEFAULT_TIME_SAMPLING,
     decoder: Decoder | None = None,
     generator: torch.Generator | None = None,
     u: Tensor | None = None,

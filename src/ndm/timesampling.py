@@ -26,6 +26,8 @@ from torch import Tensor
 from ndm.schedules import Schedule
 
 TIME_SAMPLINGS = ("uniform", "stratified", "importance", "gamma")
+#: The ``p(t)`` of every continuous-time estimate unless one is named: uniform in ``gamma``.
+DEFAULT_TIME_SAMPLING = "gamma"
 
 
 def _cell_weights(schedule: Schedule, method: str, num_cells: int, like: Tensor) -> Tensor:
