@@ -361,3 +361,25 @@ def test_eval_takes_every_evaluation_setting_and_a_device(run_copy, capsys):
     capsys.readouterr()
     assert main(["eval", str(run_copy), "--probes", "0"]) == 1
     one_line_error(capsys, "probes must be positive")
+
+
+def test_eval_of_a_run_without_test_points_is_one_line(tmp_path, capsys):
+    from ndm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from ndm.training import train
+
+    run = tmp_path / "run"
+    cfg = RunConfig(DataConfig(), ModelConfig(hidden=8, depth=1),
+                    TrainConfig(steps=2, batch_size=8, warmup_steps=1))  # fmt: skip
+    train(cfg, run, train_data=torch.randn(64, 2))
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 1
+    one_line_error(capsys, "the test split holds no examples")
+
+
+def test_warmup_longer_than_the_run_is_warned_of(tmp_path):
+    from ndm.config import RunConfig, TrainConfig
+    from ndm.training import train
+
+    cfg = RunConfig(train=TrainConfig(steps=2, batch_size=8, warmup_steps=8))
+    with pytest.warns(UserWarning, match="warmup_steps 8 > steps 2: the run ends at 25%"):
+        train(cfg, tmp_path / "run", train_data=torch.randn(64, 2))

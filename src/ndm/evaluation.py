@@ -15,6 +15,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from ndm.config import EvalConfig
 from ndm.data.images import dequantise
@@ -93,6 +94,8 @@ def evaluate(model: NDM, splits: Splits, cfg: EvalConfig, with_nll: bool = True)
     """
     param = next(model.parameters())
     test = splits.test[: cfg.n_eval].to(param.device)
+    if test.shape[0] == 0:
+        raise ValueError("the test split holds no examples: there is nothing to evaluate")
     dims = math.prod(splits.shape)
     generator = torch.Generator(param.device).manual_seed(0)
     divergence = cfg.divergence
@@ -101,7 +104,9 @@ def evaluate(model: NDM, splits: Splits, cfg: EvalConfig, with_nll: bool = True)
     offset = dequantisation_offset(splits.num_levels) if splits.is_image else 0.0
     nll, nfes = [], []
     terms: dict[str, list[Tensor]] = {k: [] for k in (*TERMS, "total")}
-    for batch in test.split(IMAGE_BATCH if splits.is_image else BATCH):
+    batches = test.split(IMAGE_BATCH if splits.is_image else BATCH)
+    stage = "NLL and NELBO" if with_nll else "NELBO"
+    for batch in tqdm(batches, desc=f"{stage} of {test.shape[0]} test examples", unit="batch"):
         x = dequantise(batch, splits.num_levels, generator) if splits.is_image else batch
         x = x.to(param.device, param.dtype)
         if with_nll:
@@ -141,12 +146,15 @@ def evaluate_latent(model: LatentNDM, splits: Splits, cfg: EvalConfig) -> dict:
         raise ValueError("a latent NDM is evaluated on images")
     param = next(model.parameters())
     test = splits.test[: cfg.n_eval].to(param.device)
+    if test.shape[0] == 0:
+        raise ValueError("the test split holds no examples: there is nothing to evaluate")
     dims = math.prod(splits.shape)
     generator = torch.Generator(param.device).manual_seed(0)
     divergence = "hutchinson" if cfg.divergence == "auto" else cfg.divergence
     nll, nfes = [], []
     terms: dict[str, list[Tensor]] = {k: [] for k in (*LATENT_TERMS, "total")}
-    for batch in test.split(IMAGE_BATCH):
+    batches = test.split(IMAGE_BATCH)
+    for batch in tqdm(batches, desc=f"bound of {test.shape[0]} test images", unit="batch"):
         x = model_input(batch, splits, None, augment=False).to(param.dtype)
         batch_nll, nfe = model.nll(
             x,
@@ -206,7 +214,8 @@ def sample_images(
     """``n`` samples quantised to the data's levels, ``[n, C, H, W]`` in ``[-1, 1]``, drawn in
     batches of ``IMAGE_BATCH``; and the sampler's network evaluations per batch."""
     samples, nfes = [], []
-    for start in range(0, n, IMAGE_BATCH):
+    starts = range(0, n, IMAGE_BATCH)
+    for start in tqdm(starts, desc=f"{n} samples, {sampler} {steps} steps", unit="batch"):
         size = min(IMAGE_BATCH, n - start)
         result = model.sample((size, *splits.shape), sampler, steps, generator, **options)
         samples.append(quantise(result.sample, splits.num_levels).cpu())

@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -353,6 +354,12 @@ def train(
     """
     run_dir = Path(run_dir)
     cfg = with_resolved_paths(cfg)
+    if cfg.train.warmup_steps > cfg.train.steps:
+        warnings.warn(
+            f"warmup_steps {cfg.train.warmup_steps} > steps {cfg.train.steps}: the run ends at "
+            f"{cfg.train.steps / cfg.train.warmup_steps:.0%} of the learning rate",
+            stacklevel=2,
+        )
     if train_data is None:
         splits = load_data(cfg.data)
         _check_evaluable(splits, cfg.eval)
@@ -476,6 +483,8 @@ def train(
             scheduler.step()
             ema.update_parameters(model)
             window.append(values | {"seconds_per_step": time.perf_counter() - began})
+            if place.is_main and step % cfg.train.log_every:  # the line's own postfix below
+                progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
 
             if place.is_main and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
                 means = {k: sum(v[k] for v in window) / len(window) for k in window[0]}
