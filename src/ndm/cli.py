@@ -201,10 +201,6 @@ def _moved_data(cfg: RunConfig, data_path: Path | None) -> RunConfig:
 def _metrics(model: NDM | LatentNDM, cfg: RunConfig, splits: Splits) -> dict:
     """Likelihoods on the test split (the latent bound for a latent NDM), and FID when
     asked for on images."""
-    if splits.test.shape[0] == 0:
-        raise ValueError("the test split holds no examples: there is nothing to evaluate")
-    n_eval = min(cfg.eval.n_eval, splits.test.shape[0])
-    print(f"evaluating NLL and NELBO on {n_eval} test examples", file=sys.stderr)
     if isinstance(model, LatentNDM):
         metrics = evaluate_latent(model, splits, cfg.eval)
     else:
