@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,79 @@ def test_separable_transform_checks_its_network_output():
         transform.value(torch.randn(4, 2), torch.rand(4))
     with pytest.raises(ValueError, match="basis_size must be at least 1"):
         SeparableTransform(TimeMLP(2, hidden=8, depth=1), basis_size=0)
+
+
+class _AttentionNet(torch.nn.Module):
+    """Self-attention over the 4 positions of ``x [B, 4, 2]``, conditioned on ``t``."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(2, 6)
+
+    def forward(self, x, t):
+        q, k, v = self.proj(x * (1 + t.reshape(-1, 1, 1))).chunk(3, dim=-1)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+@pytest.mark.parametrize("derivative", ["jvp", "double_backward"])
+def test_a_transform_with_attention_has_both_derivatives(derivative):
+    """Attention's fast CPU kernel has neither a forward-mode nor a double-backward
+    derivative; the transform takes them on the math kernel."""
+    torch.manual_seed(0)
+    transform = LearnedTransform(_AttentionNet(), derivative)
+    x, t = torch.randn(3, 4, 2), torch.rand(3)
+    value, d_dt = transform(x, t)
+    h = 1e-3
+    fd = (transform.value(x, t + h) - transform.value(x, t - h)) / (2 * h)
+    torch.testing.assert_close(d_dt, fd, atol=1e-3, rtol=1e-2)
+    d_dt.square().sum().backward()  # the training backward through the derivative
+    assert transform.net.proj.weight.grad is not None
+
+
+def test_a_network_without_forward_mode_derivative_falls_back_to_double_backward():
+    class NoForwardMode(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return 2 * x
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+        @staticmethod
+        def backward(ctx, grad):
+            return 2 * grad
+
+    transform = LearnedTransform(lambda x, t: NoForwardMode.apply(x * t.reshape(-1, 1)))
+    x, t = torch.ones(3, 2), torch.full((3,), 0.5)
+    with pytest.warns(UserWarning, match="no forward-mode derivative.*double backward"):
+        _, d_dt = transform(x, t)
+    torch.testing.assert_close(d_dt, torch.full((3, 2), 2.0))  # d/dt (x + 2 t^2 x) = 4 t x
+    with torch.no_grad():  # evaluation: the same derivative, without a graph
+        _, d_dt = transform(x, t)
+    assert not d_dt.requires_grad
+    torch.testing.assert_close(d_dt, torch.full((3, 2), 2.0))
+
+
+@pytest.mark.parametrize("derivative", ["jvp", "double_backward"])
+def test_a_diffusers_unet_with_attention_works_as_the_transform(derivative):
+    """A favourite network of the field, attention included, on a strided batch."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"), layers_per_block=1, norm_num_groups=4,
+        attention_head_dim=8,
+    )  # fmt: skip
+    unet = unet.double()
+    transform = LearnedTransform(lambda x, t: unet(x, t * 999).sample, derivative)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64).transpose(2, 3)  # not contiguous
+    t = torch.rand(3, dtype=torch.float64)
+    with warnings.catch_warnings(record=True):  # jvp: group norm's rule fails, a warning
+        value, d_dt = transform(x, t)
+    h = 1e-4  # diffusers embeds the time in float32
+    fd = (transform.value(x, t + h) - transform.value(x, t - h)) / (2 * h)
+    torch.testing.assert_close(d_dt, fd, atol=0.05, rtol=0.05)  # a float32 finite difference
+    assert float(fd.abs().mean()) > 0.1  # a derivative worth checking
+    d_dt.square().sum().backward()

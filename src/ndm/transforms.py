@@ -17,10 +17,12 @@ time, runs its network once for all of them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def _per_example(t: Tensor, like: Tensor) -> Tensor:
@@ -35,19 +37,37 @@ class Transform(nn.Module):
     """Base class. Subclasses implement :meth:`value`; ``forward`` adds ``dF/dt``."""
 
     derivative: str = "jvp"
+    _no_forward_mode = False  # set once jvp has failed on the network
 
     def value(self, x: Tensor, t: Tensor) -> Tensor:  # pragma: no cover - abstract
         """``F(x, t)``, shape of ``x``."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(F(x, t), dF/dt(x, t))``, both ``[B, ...]``; differentiable when autograd records."""
-        # jvp cannot attach a tangent to a tensor with repeated memory (``t.expand(B)``).
-        t = t.contiguous()
+        """``(F(x, t), dF/dt(x, t))``, both ``[B, ...]``; differentiable when autograd records.
+
+        Attention (``scaled_dot_product_attention``) runs on its math kernel here, the one
+        whose forward-mode and double-backward derivatives exist. A network that has no
+        forward-mode derivative (an operation without the rule, as group norm on a
+        broadcast tangent in diffusers' U-Nets) gets ``dF/dt`` by double backward from then
+        on, with a warning."""
+        # jvp cannot attach a tangent to a tensor with repeated memory (``t.expand(B)``)
+        x, t = x.contiguous(), t.contiguous()
         recording = torch.is_grad_enabled() and not t.requires_grad
-        if recording and self.derivative == "double_backward":
-            return self._value_and_derivative_by_double_backward(x, t)
-        return torch.func.jvp(lambda time: self.value(x, time), (t,), (torch.ones_like(t),))
+        with sdpa_kernel(SDPBackend.MATH):
+            if self._no_forward_mode or (recording and self.derivative == "double_backward"):
+                return self._value_and_derivative_by_double_backward(x, t, recording)
+            try:
+                return torch.func.jvp(lambda time: self.value(x, time), (t,), (torch.ones_like(t),))
+            except (RuntimeError, NotImplementedError) as error:
+                reason = str(error).strip().split("\n")[0][:160]
+                self._no_forward_mode = True
+                warnings.warn(
+                    f"the transform's network has no forward-mode derivative ({reason}); "
+                    "dF/dt is taken by double backward (derivative='double_backward')",
+                    stacklevel=2,
+                )
+                return self._value_and_derivative_by_double_backward(x, t, recording)
 
     def values(self, x: Tensor, times: Sequence[Tensor]) -> list[Tensor]:
         """``[F(x, t_k) for t_k in times]`` (each ``t_k [B]``, each value ``[B, ...]``) in one
@@ -65,19 +85,22 @@ class Transform(nn.Module):
         return value, derivative, self.values(x, times)
 
     def _value_and_derivative_by_double_backward(
-        self, x: Tensor, t: Tensor
+        self, x: Tensor, t: Tensor, keep_graph: bool = True
     ) -> tuple[Tensor, Tensor]:
         """``J 1`` as ``d/du (J^T u)`` at any ``u``: the vector-Jacobian product
         ``J^T u = d<F, u>/dt`` ``[B]`` is linear in ``u [B, ...]``, so its gradient in ``u``
-        along ``1`` is ``J 1``. Both gradients keep their graphs for the training backward."""
-        t = t.detach().requires_grad_(True)
-        value = self.value(x, t)
-        probe = torch.zeros_like(value, requires_grad=True)
-        (vjp,) = torch.autograd.grad(value, t, probe, create_graph=True, allow_unused=True)
-        if vjp is None:  # F does not depend on t
-            return value, torch.zeros_like(value)
-        (jvp,) = torch.autograd.grad(vjp, probe, torch.ones_like(t), create_graph=True)
-        return value, jvp
+        along ``1`` is ``J 1``. With ``keep_graph`` both gradients keep their graphs for the
+        training backward; without it (evaluation) the results are detached."""
+        with torch.enable_grad():
+            t = t.detach().requires_grad_(True)
+            value = self.value(x, t)
+            probe = torch.zeros_like(value, requires_grad=True)
+            (vjp,) = torch.autograd.grad(value, t, probe, create_graph=True, allow_unused=True)
+            if vjp is None:  # F does not depend on t
+                jvp = torch.zeros_like(value)
+            else:
+                (jvp,) = torch.autograd.grad(vjp, probe, torch.ones_like(t), create_graph=True)
+        return (value, jvp) if keep_graph else (value.detach(), jvp.detach())
 
     @property
     def is_learned(self) -> bool:
