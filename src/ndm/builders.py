@@ -76,9 +76,9 @@ def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
     return IdentityTransform()
 
 
-def build_model(cfg: ModelConfig, shape: tuple[int, ...], data_bound: float | None = None) -> NDM:
+def build_model(cfg: ModelConfig, shape: tuple[int, ...], num_levels: int | None = None) -> NDM:
     """An NDM on continuous examples of ``shape`` (points, or dequantised images with
-    ``data_bound = 1``) with the Gaussian decoder: predictor and transform networks share
+    ``num_levels`` levels) with the Gaussian decoder: predictor and transform networks share
     one architecture and one schedule; with a learned reverse variance the predictor's
     network has twice the outputs."""
     schedule = make_schedule(cfg.schedule)
@@ -91,7 +91,7 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], data_bound: float | No
         num_steps=cfg.num_steps,
         time_sampling=cfg.time_sampling,
         kinetic_weight=cfg.kinetic_weight,
-        data_bound=data_bound,
+        num_levels=num_levels,
     )
 
 
@@ -125,4 +125,4 @@ def build_run_model(
         if num_levels is None:
             raise ValueError("a latent NDM needs discrete images (num_levels)")
         return build_latent_model(cfg.model, cfg.latent, shape, num_levels)
-    return build_model(cfg.model, shape, None if num_levels is None else 1.0)
+    return build_model(cfg.model, shape, num_levels)

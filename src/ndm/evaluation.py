@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ndm.config import EvalConfig
-from ndm.data.images import dequantise
+from ndm.data.images import dequantise, quantise
 from ndm.data.loading import Splits, model_input
 from ndm.latent import LatentNDM
 from ndm.likelihood import bits_per_dim, dequantisation_offset
@@ -193,12 +193,6 @@ def fid_features(splits: Splits, cfg: EvalConfig, seed: int = 0) -> tuple[nn.Mod
         "classifier_test_accuracy": accuracy(classifier, test_x, splits.test_labels),
     }
     return ClassifierFeatures(classifier), info
-
-
-def quantise(x: Tensor, num_levels: int) -> Tensor:
-    """Model-space samples ``[B, C, H, W]`` to the bin centre of their level in ``[-1, 1]``."""
-    levels = torch.floor((x.clamp(-1, 1) + 1) * num_levels / 2).clamp(0, num_levels - 1)
-    return (2 * levels + 1) / num_levels - 1
 
 
 @torch.no_grad()

@@ -6,11 +6,21 @@ A thin convenience over the functions of :mod:`ndm.objectives`, :mod:`ndm.sample
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor, nn
 
+from ndm.data.images import dequantise
+from ndm.data.images import quantise as quantise_levels
 from ndm.decoders import Decoder, GaussianDecoder
-from ndm.likelihood import continuous_nelbo, discrete_nelbo, ode_nll
+from ndm.likelihood import (
+    bits_per_dim,
+    continuous_nelbo,
+    dequantisation_offset,
+    discrete_nelbo,
+    ode_nll,
+)
 from ndm.objectives import (
     LossTerms,
     continuous_nelbo_terms,
@@ -33,9 +43,11 @@ class NDM(nn.Module):
     (eq. 9-10 with ``num_steps`` steps) or ``"simple"`` (noise loss, fixed transforms only).
     ``kinetic_weight`` ``lambda >= 0`` adds ``lambda E_t ||v(z_t, t)||^2``, the kinetic energy
     of the probability-flow velocity (:func:`ndm.objectives.kinetic_energy_penalty`), to the
-    training loss; the NELBO terms and :meth:`nelbo` do not include it. ``data_bound``
-    (images: 1) is the largest ``|x|`` data may have; the methods taking data refuse a batch
-    that is empty, not floating point, or (``data_bound`` given) outside ``[-bound, bound]``.
+    training loss; the NELBO terms and :meth:`nelbo` do not include it. ``num_levels``
+    (``L``, images only) makes it a model of ``L``-level images in ``[-1, 1]``: data outside
+    that range is refused, samples are quantised to the levels' bin centres, and
+    :meth:`image_bits_per_dim` scores integer levels. The methods taking data refuse a batch
+    that is empty or not floating point.
     """
 
     def __init__(
@@ -47,7 +59,7 @@ class NDM(nn.Module):
         time_sampling: str = DEFAULT_TIME_SAMPLING,
         decoder: Decoder | None = None,
         kinetic_weight: float = 0.0,
-        data_bound: float | None = None,
+        num_levels: int | None = None,
     ):
         super().__init__()
         if kinetic_weight < 0:
@@ -67,7 +79,7 @@ class NDM(nn.Module):
         self.objective, self.num_steps, self.time_sampling = objective, num_steps, time_sampling
         self.decoder = decoder or GaussianDecoder()
         self.kinetic_weight = kinetic_weight
-        self.data_bound = data_bound
+        self.num_levels = num_levels
 
     def with_num_steps(self, num_steps: int) -> NDM:
         """The same model (shared modules) with a discrete objective of ``num_steps`` steps:
@@ -80,26 +92,48 @@ class NDM(nn.Module):
             self.time_sampling,
             self.decoder,
             self.kinetic_weight,
-            self.data_bound,
+            self.num_levels,
         )
 
     def check_data(self, x: Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is a non-empty floating batch ``[B, ...]`` within
-        ``data_bound``."""
+        """Raise ``ValueError`` unless ``x`` is a non-empty floating batch ``[B, ...]``, within
+        ``[-1, 1]`` for an image model."""
         if not isinstance(x, Tensor):
             raise TypeError(f"data must be a tensor, got {type(x).__name__}")
         if x.dim() < 2 or x.shape[0] == 0:
             raise ValueError(f"data must be a non-empty batch [B, ...], got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"data must be floating point, got {x.dtype}")
-        if self.data_bound is not None:
+        if self.num_levels is not None:
             largest = float(x.detach().abs().max())
-            if not largest <= self.data_bound:
+            if not largest <= 1.0:
                 raise ValueError(
-                    f"image data lie in [-{self.data_bound:g}, {self.data_bound:g}] "
-                    f"(ndm.data.images.to_model_space or dequantise of the levels), got |x| up "
-                    f"to {largest:g}"
+                    "image data lie in [-1, 1] (ndm.data.images.to_model_space or dequantise "
+                    f"of the levels; image_bits_per_dim takes the levels), got |x| up to "
+                    f"{largest:g}"
                 )
+
+    def image_bits_per_dim(
+        self, levels: Tensor, generator: torch.Generator | None = None, **nll_options: object
+    ) -> dict[str, Tensor]:
+        """Bits/dim ``[B]`` of integer image levels ``[B, C, H, W]`` in ``0..L-1``: ``nll``
+        (the probability-flow ODE, ``nll_options`` as :meth:`nll`) and ``nelbo`` (:meth:`nelbo`)
+        of the levels uniformly dequantised with noise from ``generator``, plus ``log2(L / 2)``:
+        both bound ``-log2 P(levels)`` per dimension."""
+        if self.num_levels is None:
+            raise ValueError("image_bits_per_dim needs an image model (num_levels)")
+        if (
+            levels.is_floating_point()
+            or int(levels.min()) < 0
+            or int(levels.max()) >= self.num_levels
+        ):
+            raise ValueError(f"levels must be integers in 0..{self.num_levels - 1}")
+        x = dequantise(levels, self.num_levels, generator).to(next(self.parameters()).dtype)
+        dims, offset = x[0].numel(), dequantisation_offset(self.num_levels)
+        nll, _ = self.nll(x, generator=generator, **nll_options)
+        nelbo = self.nelbo(x, generator=generator).total
+        return {name: bits_per_dim(value, dims, offset) for name, value in
+                (("nll", nll), ("nelbo", nelbo))}  # fmt: skip
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Training losses per example ``[B]`` (what DDP wraps): the optimised ``loss``; for
@@ -142,15 +176,25 @@ class NDM(nn.Module):
         sampler: str = "ode",
         steps: int = 100,
         generator: torch.Generator | None = None,
+        quantise: bool | None = None,
         **options: object,
     ) -> SampleResult:
-        """Draw ``z_1 ~ N(0, I)`` of ``shape`` and run the named sampler on ``steps`` uniform steps."""
+        """Draw ``z_1 ~ N(0, I)`` of ``shape`` and run the named sampler on ``steps`` uniform
+        steps. ``quantise`` (default: for an image model) rounds the sample to the bin
+        centres of the levels in ``[-1, 1]``."""
         param = next(self.parameters())
         z = torch.randn(shape, generator=generator, dtype=param.dtype, device=param.device)
         grid = time_grid(steps, dtype=param.dtype).to(param.device)
-        return get_sampler(sampler)(
+        result = get_sampler(sampler)(
             self.process, self.predictor, z, grid, generator=generator, **options
         )
+        if quantise is None:
+            quantise = self.num_levels is not None
+        if not quantise:
+            return result
+        if self.num_levels is None:
+            raise ValueError("quantise needs an image model (num_levels)")
+        return replace(result, sample=quantise_levels(result.sample, self.num_levels))
 
     def nll(self, x: Tensor, **options: object) -> tuple[Tensor, int]:
         """``(-log p(x) [B] in nats, nfe)`` along the ODE (see :func:`ndm.likelihood.ode_nll`)."""

@@ -203,3 +203,9 @@ def random_horizontal_flip(x: Tensor, generator: torch.Generator | None = None) 
     """
     flip = _uniform(x.shape[:1], generator, x.device) < 0.5
     return torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
+
+
+def quantise(x: Tensor, num_levels: int) -> Tensor:
+    """Model-space samples ``[B, C, H, W]`` to the bin centre of their level in ``[-1, 1]``."""
+    levels = torch.floor((x.clamp(-1, 1) + 1) * num_levels / 2).clamp(0, num_levels - 1)
+    return (2 * levels + 1) / num_levels - 1
