@@ -381,5 +381,5 @@ def test_warmup_longer_than_the_run_is_warned_of(tmp_path):
     from ndm.training import train
 
     cfg = RunConfig(train=TrainConfig(steps=2, batch_size=8, warmup_steps=8))
-    with pytest.warns(UserWarning, match="warmup_steps 8 > steps 2: the run ends at 25%"):
+    with pytest.warns(UserWarning, match="warmup_steps 8 > steps 2: the run ends at 25.0%"):
         train(cfg, tmp_path / "run", train_data=torch.randn(64, 2))

@@ -357,7 +357,7 @@ def train(
     if cfg.train.warmup_steps > cfg.train.steps:
         warnings.warn(
             f"warmup_steps {cfg.train.warmup_steps} > steps {cfg.train.steps}: the run ends at "
-            f"{cfg.train.steps / cfg.train.warmup_steps:.0%} of the learning rate",
+            f"{cfg.train.steps / cfg.train.warmup_steps:.1%} of the learning rate",
             stacklevel=2,
         )
     if train_data is None:
