@@ -31,6 +31,7 @@ from ndm.config import (
     add_config_arguments,
     config_from_args,
     config_from_dict,
+    config_to_dict,
 )
 from ndm.data.loading import Splits, model_input
 from ndm.distributed import init_distributed
@@ -44,6 +45,7 @@ from ndm.evaluation import (
 from ndm.export import DESCRIPTION, export_run
 from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predictions_from_noise
 from ndm.latent import LatentNDM
+from ndm.loggers import finite_scalars, image_grid, open_loggers
 from ndm.model import NDM
 from ndm.plots import plot_samples, plot_trajectories, plot_transform
 from ndm.run_guard import RunStopped
@@ -169,7 +171,20 @@ def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path, level: str) -
         plot_trajectories(result.trajectory, run_dir / "trajectories.png")
     metrics = _record(_metrics(model, cfg, splits), cfg, cfg.train.steps)
     save_json(run_dir / METRICS_SUMMARY, metrics)
+    _log_evaluation(cfg, run_dir, metrics, samples if splits.is_image else None)
     return metrics
+
+
+def _log_evaluation(
+    cfg: RunConfig, run_dir: Path, metrics: dict, samples: torch.Tensor | None
+) -> None:
+    """Send the metrics (and image samples, ``[N, C, H, W]``) to the run's loggers, at the
+    checkpoint's step."""
+    for logger in open_loggers(cfg.train.loggers, run_dir, config_to_dict(cfg)):
+        logger.scalars(metrics["step"], finite_scalars("eval", metrics))
+        if samples is not None:
+            logger.images(metrics["step"], "eval/samples", image_grid(samples[:64]))
+        logger.close()
 
 
 def _record(metrics: dict, cfg: RunConfig, step: int) -> dict:
@@ -330,6 +345,7 @@ def _eval(args: argparse.Namespace) -> None:
     if cfg.eval.fid_weights and not Path(cfg.eval.fid_weights).is_file():
         raise FileNotFoundError(f"FID weights file {cfg.eval.fid_weights} not found")
     metrics = _record(_metrics(model, cfg, load_data(cfg.data)), cfg, step)
+    _log_evaluation(cfg, run, metrics, None)
     folder = run / EVALUATIONS
     folder.mkdir(exist_ok=True)
     path = _unused_path(folder, time.strftime("%Y%m%d-%H%M%S"), ".json")

@@ -229,6 +229,11 @@ class TrainConfig(_Section):
     precision: str = _option(
         "fp32", "bf16: autocast the networks to bfloat16 (GPU or CPU)", PRECISIONS
     )
+    loggers: str = _option(
+        "auto",
+        "experiment loggers beside metrics.jsonl, comma-separated: tensorboard, wandb, mlflow "
+        "(auto: tensorboard if installed; none)",
+    )
 
 
 @dataclass(frozen=True)

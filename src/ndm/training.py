@@ -1,7 +1,7 @@
 """Training loop with EMA, checkpoints, exact resumption, DDP and JSON-lines metrics.
 
 A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one line every
-``log_every`` steps), TensorBoard event files when ``tensorboard`` is installed, and
+``log_every`` steps, also sent to the loggers of ``train.loggers``, :mod:`ndm.loggers`), and
 ``checkpoint.pt`` (written every ``checkpoint_every`` steps and at the end). A metrics line
 holds the optimised ``loss``; for the NELBO objectives the ``nelbo`` estimate and its terms,
 and for images its ``bits_per_dim`` (of dequantised images, with the offset
@@ -62,6 +62,7 @@ from ndm.distributed import (
 )
 from ndm.latent import LatentNDM, stage_at
 from ndm.likelihood import bits_per_dim, dequantisation_offset
+from ndm.loggers import check_loggers, finite_scalars, open_loggers
 from ndm.model import NDM
 from ndm.run_guard import RunStopped, StopSignals, exclusive_run_folder, remove_stale_temporaries
 
@@ -73,8 +74,14 @@ DATA = "data.npz"
 RUN_FILES = (CHECKPOINT, CONFIG, METRICS, METRICS_SUMMARY, DATA)
 RUN_KEYS = ("config", "step", "model", "ema", "shape", "num_levels")
 RUN_SECTIONS = ("data", "model", "latent", "train")
-#: What a resumed run may change: how long it runs, how often it logs and saves, and where.
-RESUMABLE_SETTINGS = ("train.steps", "train.checkpoint_every", "train.log_every", "train.device")
+#: What a resumed run may change: how long it runs, how often and where it logs and saves.
+RESUMABLE_SETTINGS = (
+    "train.steps",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.device",
+    "train.loggers",
+)
 MODEL_KINDS = ("pixel", "latent")
 
 
@@ -271,15 +278,6 @@ def _step(
     return values
 
 
-def _tensorboard(run_dir: Path) -> Any:
-    """A TensorBoard ``SummaryWriter`` on ``run_dir`` when ``tensorboard`` is installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(run_dir))
-
-
 def with_resolved_paths(cfg: RunConfig) -> RunConfig:
     """``cfg`` with its data and FID-weights paths made absolute, so that a run can be
     sampled, evaluated and resumed from any working directory."""
@@ -354,6 +352,7 @@ def train(
     """
     run_dir = Path(run_dir)
     cfg = with_resolved_paths(cfg)
+    check_loggers(cfg.train.loggers)
     if cfg.train.warmup_steps > cfg.train.steps:
         warnings.warn(
             f"warmup_steps {cfg.train.warmup_steps} > steps {cfg.train.steps}: the run ends at "
@@ -414,7 +413,7 @@ def train(
     )
 
     guard = contextlib.ExitStack()
-    writer = None
+    loggers: list = []
     if place.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         guard.enter_context(exclusive_run_folder(run_dir))
@@ -423,7 +422,9 @@ def train(
             atomic_write(run_dir / DATA, lambda file: save_points(file, data, splits.test))
         save_json(run_dir / CONFIG, config_to_dict(cfg))
         _keep_metrics_until(run_dir / METRICS, start)
-        writer = _tensorboard(run_dir)
+        loggers = open_loggers(cfg.train.loggers, run_dir, config_to_dict(cfg), start)
+        for logger in loggers:
+            guard.callback(logger.close)
     stop = guard.enter_context(StopSignals())
     with guard:
 
@@ -495,10 +496,8 @@ def train(
                     )
                 with (run_dir / METRICS).open("a") as file:
                     file.write(json.dumps(line) + "\n")
-                if writer is not None:
-                    for key, value in line.items():
-                        if key != "step":
-                            writer.add_scalar(f"train/{key}", value, step)
+                for logger in loggers:
+                    logger.scalars(step, finite_scalars("train", means | {"lr": values["lr"]}))
                 shown = {"loss": f"{line['loss']:.3f}"}
                 if "kinetic" in line:  # else the NELBO is the loss
                     shown |= {k: f"{line[k]:.3f}" for k in ("nelbo", "kinetic") if k in line}
@@ -517,8 +516,6 @@ def train(
                 progress.close()
                 raise RunStopped(stop.signum, step, ckpt_path if place.is_main else None)
         progress.close()
-        if writer is not None:
-            writer.close()
         return ema.module
 
 
