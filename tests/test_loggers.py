@@ -126,8 +126,8 @@ def test_a_logger_that_is_not_installed_is_refused_before_anything_is_written(
 
 
 def test_image_grids_are_padded():
-    from ndm.loggers import image_grid
+    from ndm.loggers import uint8_grid
 
-    grid = image_grid(torch.zeros(3, 1, 4, 4), columns=2, pad=1)
-    assert grid.shape == (2 * 5 + 1, 2 * 5 + 1, 3) and grid.dtype.name == "uint8"
-    assert (grid[0] == 255).all() and (grid[1, 1:5] == 128).all()
+    grid = uint8_grid(torch.zeros(3, 1, 4, 4), columns=2)
+    assert grid.shape == (2 * 6, 2 * 6, 3) and grid.dtype.name == "uint8"
+    assert (grid[0] == 255).all() and (grid[1, 1:5] == 128).all() and (grid[1, 5:7] == 255).all()

@@ -45,7 +45,7 @@ from ndm.evaluation import (
 from ndm.export import DESCRIPTION, export_run
 from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predictions_from_noise
 from ndm.latent import LatentNDM
-from ndm.loggers import finite_scalars, image_grid, open_loggers
+from ndm.loggers import finite_scalars, open_loggers, uint8_grid
 from ndm.model import NDM
 from ndm.plots import plot_samples, plot_trajectories, plot_transform
 from ndm.run_guard import RunStopped
@@ -138,7 +138,7 @@ def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path, level: str) -
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.train.seed)
     print(f"sampling {cfg.eval.n_samples} examples along the ODE", file=sys.stderr)
     if splits.is_image:
-        samples, _ = sample_images(
+        samples, nfe = sample_images(
             model,
             splits,
             cfg.eval.n_samples,
@@ -149,7 +149,8 @@ def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path, level: str) -
             atol=cfg.eval.atol,
         )
         test = model_input(splits.test, splits, None, augment=False)
-        plot_image_samples(samples, test, run_dir / "samples.png")
+        caption = f"ode-dopri5, rtol {cfg.eval.rtol:g}, NFE {nfe:.0f}"
+        plot_image_samples(samples, test, run_dir / "samples.png", caption=caption)
         if not isinstance(model, LatentNDM):  # a latent NDM's F and x_theta act on latents
             plot_image_transform(model, test[:TRANSFORM_IMAGES], run_dir / "transform.png")
             plot_predictions_from_noise(
@@ -166,9 +167,14 @@ def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path, level: str) -
             atol=cfg.eval.atol,
             trajectory=True,
         )
-        plot_samples(result.sample, splits.test[: cfg.eval.n_samples], run_dir / "samples.png")
+        caption = f"ode-dopri5, rtol {cfg.eval.rtol:g}, NFE {result.nfe}"
+        plot_samples(
+            result.sample, splits.test[: cfg.eval.n_samples], run_dir / "samples.png", caption
+        )
         plot_transform(model, splits.test[:TRANSFORM_POINTS], run_dir / "transform.png")
-        plot_trajectories(result.trajectory, run_dir / "trajectories.png")
+        plot_trajectories(
+            result.trajectory, run_dir / "trajectories.png", splits.test[:TRANSFORM_POINTS]
+        )
     metrics = _record(_metrics(model, cfg, splits), cfg, cfg.train.steps)
     save_json(run_dir / METRICS_SUMMARY, metrics)
     _log_evaluation(cfg, run_dir, metrics, samples if splits.is_image else None)
@@ -183,7 +189,7 @@ def _log_evaluation(
     for logger in open_loggers(cfg.train.loggers, run_dir, config_to_dict(cfg)):
         logger.scalars(metrics["step"], finite_scalars("eval", metrics))
         if samples is not None:
-            logger.images(metrics["step"], "eval/samples", image_grid(samples[:64]))
+            logger.images(metrics["step"], "eval/samples", uint8_grid(samples[:64]))
         logger.close()
 
 
@@ -320,10 +326,11 @@ def _sample(args: argparse.Namespace) -> None:
     bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
     if bad:
         raise FloatingPointError(f"{bad} of {args.n} samples are not finite; nothing written")
+    caption = f"{args.sampler}{method}, {args.steps} steps, NFE {nfe:g}"
     if splits.is_image:
-        plot_image_samples(samples, test, out)
+        plot_image_samples(samples, test, out, caption=caption)
     else:
-        plot_samples(samples, splits.test[: args.n], out)
+        plot_samples(samples, splits.test[: args.n], out, caption)
     tensor_path = out.with_suffix(".pt")
     atomic_write(tensor_path, lambda file: torch.save(samples, file))
     print(f"{args.n} samples, sampler {args.sampler}, {args.steps} steps: NFE {nfe}")

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor
 
+from ndm.image_plots import image_grid
+
 LOGGERS = ("tensorboard", "wandb", "mlflow")
 MLFLOW_RUN_ID = "mlflow_run_id"
 
@@ -140,16 +142,7 @@ def finite_scalars(prefix: str, values: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def image_grid(images: Tensor, columns: int = 8, pad: int = 2) -> np.ndarray:
-    """Images ``[N, C, H, W]`` in ``[-1, 1]`` as one padded ``uint8 [H', W', 3]`` grid."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
-    if x.shape[1] == 1:
-        x = np.repeat(x, 3, axis=1)
-    n, _, h, w = x.shape
-    rows = math.ceil(n / columns)
-    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, np.uint8)
-    for k in range(n):
-        r, c = divmod(k, columns)
-        top, left = pad + r * (h + pad), pad + c * (w + pad)
-        grid[top : top + h, left : left + w] = x[k].transpose(1, 2, 0)
-    return grid
+def uint8_grid(images: Tensor, columns: int = 8) -> np.ndarray:
+    """Images ``[N, C, H, W]`` in ``[-1, 1]`` as one padded RGB ``uint8 [H', W', 3]`` grid."""
+    grid = (image_grid(images, columns, pad=1) * 255).round().byte().numpy()
+    return np.repeat(grid, 3, axis=-1) if grid.shape[-1] == 1 else grid

@@ -25,12 +25,12 @@ def _limits(*points: Tensor, margin: float = 0.1) -> tuple[float, float]:
 
 
 def _style(ax: Axes, title: str, limits: tuple[float, float]) -> None:
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.set_xlim(*limits)
     ax.set_ylim(*limits)
     ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.2)
 
 
 def _save(fig: Figure, path: str | Path) -> None:
@@ -38,12 +38,13 @@ def _save(fig: Figure, path: str | Path) -> None:
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
-def plot_samples(samples: Tensor, data: Tensor, path: str | Path) -> None:
-    """Model samples beside data points (both ``[N, 2]``), on the data's limits."""
+def plot_samples(samples: Tensor, data: Tensor, path: str | Path, caption: str = "") -> None:
+    """Model samples beside data points (both ``[N, 2]``), on the data's limits; ``caption``
+    (the sampler, its steps and NFE) titles the samples."""
     limits = _limits(data)
-    fig = Figure(figsize=(8, 4))
-    panels = zip(fig.subplots(1, 2), (samples, data), ("samples", "data"), strict=True)
-    for ax, points, name in panels:
+    fig = Figure(figsize=(9, 4.4))
+    names = (f"samples{', ' + caption if caption else ''}", "data")
+    for ax, points, name in zip(fig.subplots(1, 2), (samples, data), names, strict=True):
         xy = points.detach().float().cpu()
         shown = ((xy >= limits[0]) & (xy <= limits[1])).all(dim=1).float().mean()
         ax.scatter(xy[:, 0], xy[:, 1], **POINT)
@@ -64,19 +65,23 @@ def plot_transform(
     x = data.to(device=param.device, dtype=param.dtype)
     images = [model.process.transform.value(x, torch.full_like(x[:, 0], t)).cpu() for t in times]
     limits = _limits(*images)
-    fig = Figure(figsize=(3 * len(times), 3.2))
+    fig = Figure(figsize=(3.2 * len(times) + 1, 3.4))
     axes = fig.subplots(1, len(times), squeeze=False)[0]
     for ax, image, t in zip(axes, images, times, strict=True):
-        ax.scatter(image[:, 0], image[:, 1], c=data[:, 0].cpu(), cmap="viridis", **POINT)
+        shown = ax.scatter(image[:, 0], image[:, 1], c=data[:, 0].cpu(), cmap="viridis", **POINT)
         _style(ax, f"F(x, t={t:g})", limits)
+    fig.colorbar(shown, ax=list(axes), fraction=0.02, label="first coordinate of x")
     _save(fig, path)
 
 
-def plot_trajectories(trajectory: Tensor, path: str | Path, max_paths: int = 300) -> None:
+def plot_trajectories(
+    trajectory: Tensor, path: str | Path, data: Tensor | None = None, max_paths: int = 300
+) -> None:
     """Sampling paths ``trajectory [S+1, B, 2]`` from noise (first row) to data (last row):
-    up to ``max_paths`` paths, start points in black and end points in red."""
+    up to ``max_paths`` paths, start points in black and end points in red, on the limits
+    of ``data [N, 2]`` and the bulk of the noise (of the samples without ``data``)."""
     paths = trajectory[:, :max_paths].detach().float().cpu()
-    limits = _limits(paths[0], paths[-1])
+    limits = _limits(paths[-1] if data is None else data, paths[0].clamp(-3, 3))
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     ax.plot(paths[..., 0], paths[..., 1], color="tab:blue", alpha=0.25, linewidth=0.5)

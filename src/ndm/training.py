@@ -353,12 +353,6 @@ def train(
     run_dir = Path(run_dir)
     cfg = with_resolved_paths(cfg)
     check_loggers(cfg.train.loggers)
-    if cfg.train.warmup_steps > cfg.train.steps:
-        warnings.warn(
-            f"warmup_steps {cfg.train.warmup_steps} > steps {cfg.train.steps}: the run ends at "
-            f"{cfg.train.steps / cfg.train.warmup_steps:.1%} of the learning rate",
-            stacklevel=2,
-        )
     if train_data is None:
         splits = load_data(cfg.data)
         _check_evaluable(splits, cfg.eval)
@@ -452,6 +446,12 @@ def train(
         offset = dequantisation_offset(splits.num_levels) if splits.is_image and not latent else 0.0
         # steps since the last metrics line; kept in checkpoints, so a resumed line is whole
         window: list[dict[str, float]] = [] if state is None else list(state.get("window", []))
+        if cfg.train.warmup_steps > cfg.train.steps and place.is_main:
+            warnings.warn(
+                f"warmup_steps {cfg.train.warmup_steps} > steps {cfg.train.steps}: the run ends "
+                f"at {cfg.train.steps / cfg.train.warmup_steps:.1%} of the learning rate",
+                stacklevel=2,
+            )
         last_saved = f"step {start}" if state is not None else "none written yet"
         progress = tqdm(
             range(start + 1, cfg.train.steps + 1),
