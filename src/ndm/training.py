@@ -13,8 +13,9 @@ continues exactly the same stream as an uninterrupted one. While it trains, a ru
 folder alone and stops gracefully on ``SIGTERM`` and ``SIGINT`` (:mod:`ndm.run_guard`).
 
 Each step draws a global minibatch of ``batch_size`` examples, cut into ``world_size *
-grad_accum`` equal micro-batches; micro-batch ``k`` takes its noise from a generator seeded by
-``(seed, step, k)``. Under ``torchrun`` the model is wrapped in DDP and process ``r`` takes
+grad_accum`` equal micro-batches, each copied from the host-side data to the device on its
+own (pinned and non-blocking on CUDA), so the training set never has to fit on the
+device; micro-batch ``k`` takes its noise from a generator seeded by ``(seed, step, k)``. Under ``torchrun`` the model is wrapped in DDP and process ``r`` takes
 micro-batches ``r * grad_accum ...``; only rank 0 writes the run folder. A run on one process
 with ``grad_accum = k`` therefore takes the same steps as ``k`` processes.
 
@@ -440,7 +441,8 @@ def train(
                 },
             )
 
-        data = data.to(device)
+        # the data stay on the host; each micro-batch is copied to the device on its own
+        pinned = device.type == "cuda"
         dims = math.prod(shape)
         # a pixel model is a density of dequantised images; a latent one's decoder is discrete
         offset = dequantisation_offset(splits.num_levels) if splits.is_image and not latent else 0.0
@@ -472,8 +474,11 @@ def train(
                 generator = torch.Generator(device).manual_seed(
                     shard_seed(cfg.train.seed, step, shard)
                 )
-                rows = index[shard * per_micro : (shard + 1) * per_micro].to(device)
-                x = model_input(data[rows], splits, generator, augment=True)
+                rows = index[shard * per_micro : (shard + 1) * per_micro]
+                batch = data[rows].pin_memory() if pinned else data[rows]
+                x = model_input(
+                    batch.to(device, non_blocking=True), splits, generator, augment=True
+                )
                 micro_batches.append((x, generator))
             try:
                 values = _step(wrapped, optimizer, micro_batches, cfg, place)
