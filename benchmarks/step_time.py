@@ -153,7 +153,10 @@ def variants(args: argparse.Namespace) -> dict[str, tuple[str, str, bool]]:
     return out
 
 
-def step_table(args: argparse.Namespace, device: torch.device) -> list[str]:
+def step_table(
+    args: argparse.Namespace, device: torch.device, cases: list[tuple] = CASES
+) -> list[str]:
+    """The step-time table of ``cases`` ``(name, architecture, example shape, batch)``."""
     specs = variants(args)
     others = [name for name in specs if name != "DDPM"]
     compiled = [name for name, spec in specs.items() if spec[2]]
@@ -162,7 +165,7 @@ def step_table(args: argparse.Namespace, device: torch.device) -> list[str]:
     columns += [f"{n} compile + first step s" for n in compiled]
     header = "| network | objective | batch | " + " | ".join(columns) + " |"
     lines = [header, "|" + "---|" * (header.count(" | ") + 1)]
-    for name, arch, shape, batch in CASES:
+    for name, arch, shape, batch in cases:
         if args.only and arch not in args.only:
             continue
         for objective in args.objectives:

@@ -255,6 +255,11 @@ class EvalConfig(_Section):
     )
     rtol: float = _option(1e-5, "relative tolerance of the ODE solver", check=POSITIVE)
     atol: float = _option(1e-5, "absolute tolerance of the ODE solver", check=POSITIVE)
+    nll_max_steps: int = _option(
+        0,
+        "dopri5 steps allowed per NLL solve (0: no limit); a stiffer ODE leaves the NLL out",
+        check=NON_NEGATIVE,
+    )
     nelbo_time_samples: int = _option(64, "time samples per point of the NELBO", check=POSITIVE)
     n_samples: int = _option(2000, "samples drawn for the plots", check=POSITIVE)
     fid_samples: int = _option(0, "samples for FID on images (0: no FID)", check=NON_NEGATIVE)

@@ -90,7 +90,8 @@ def evaluate(model: NDM, splits: Splits, cfg: EvalConfig, with_nll: bool = True)
     its ``nelbo_prior``, ``nelbo_diffusion``, ``nelbo_reconstruction`` terms, the ``_bpd``
     version of each, and ``entropy`` / ``entropy_bpd`` of the data when known (else ``None``).
     Without ``with_nll`` the ODE is not solved and the ``nll`` keys are absent (the NELBO of
-    another grid of the same model, whose ODE is the same).
+    another grid of the same model, whose ODE is the same); so are they, with
+    ``nll_failure`` saying why, when a solve needs more than ``cfg.nll_max_steps`` steps.
     """
     param = next(model.parameters())
     test = splits.test[: cfg.n_eval].to(param.device)
@@ -103,28 +104,38 @@ def evaluate(model: NDM, splits: Splits, cfg: EvalConfig, with_nll: bool = True)
         divergence = "hutchinson" if splits.is_image else "exact"
     offset = dequantisation_offset(splits.num_levels) if splits.is_image else 0.0
     nll, nfes = [], []
+    failure = None  # why the NLL is left out, when its solve takes more than nll_max_steps
     terms: dict[str, list[Tensor]] = {k: [] for k in (*TERMS, "total")}
     batches = test.split(IMAGE_BATCH if splits.is_image else BATCH)
     stage = "NLL and NELBO" if with_nll else "NELBO"
     for batch in tqdm(batches, desc=f"{stage} of {test.shape[0]} test examples", unit="batch"):
         x = dequantise(batch, splits.num_levels, generator) if splits.is_image else batch
         x = x.to(param.device, param.dtype)
-        if with_nll:
-            batch_nll, nfe = model.nll(
-                x,
-                divergence=divergence,
-                rtol=cfg.rtol,
-                atol=cfg.atol,
-                num_probes=cfg.probes,
-                generator=generator,
-            )
-            nll.append(batch_nll.detach())
-            nfes.append(nfe)
+        if with_nll and failure is None:
+            try:
+                batch_nll, nfe = model.nll(
+                    x,
+                    divergence=divergence,
+                    rtol=cfg.rtol,
+                    atol=cfg.atol,
+                    num_probes=cfg.probes,
+                    generator=generator,
+                    max_steps=cfg.nll_max_steps or None,
+                )
+                nll.append(batch_nll.detach())
+                nfes.append(nfe)
+            except FloatingPointError as error:
+                if not cfg.nll_max_steps:
+                    raise
+                failure = f"not solved within {cfg.nll_max_steps} dopri5 steps ({error})"
+                nll, nfes = [], []
         nelbo = model.nelbo(x, cfg.nelbo_time_samples, generator, cfg.nelbo_terms or None)
         for key, value in nelbo.as_dict().items():
             terms[key].append(value.detach())
 
     metrics = likelihood_metrics(nll, nfes, divergence, terms, dims, offset)
+    if failure is not None:
+        metrics["nll_failure"] = failure
     metrics["entropy"] = splits.entropy
     metrics["entropy_bpd"] = (
         None if splits.entropy is None else float(bits_per_dim(torch.tensor(splits.entropy), dims))

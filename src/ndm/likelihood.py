@@ -89,9 +89,11 @@ def ode_nll(
     atol: float = 1e-5,
     num_steps: int = 100,
     generator: torch.Generator | None = None,
+    max_steps: int | None = None,
 ) -> tuple[Tensor, int]:
     """``(-log p(x) [B] in nats, nfe)`` along the ODE. Hutchinson averages ``num_probes``
-    independent solves. Fixed-step methods use ``num_steps`` uniform steps."""
+    independent solves. Fixed-step methods use ``num_steps`` uniform steps; dopri5 takes at
+    most ``max_steps`` steps per solve, if given (more: ``FloatingPointError``)."""
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
     if num_probes < 1 or num_steps < 1:
@@ -105,7 +107,7 @@ def ode_nll(
     grid = torch.linspace(0.0, 1.0, num_steps + 1, dtype=x.dtype, device=x.device)
     ends = grid[[0, -1]]
     rhs = CountingDrift(process, predictor)
-    opts = torchdiffeq_options(method, grid, rtol, atol)
+    opts = torchdiffeq_options(method, grid, rtol, atol, max_steps)
     estimates = []
     for _ in range(num_probes if divergence == "hutchinson" else 1):
         probes = None

@@ -169,11 +169,13 @@ class CountingDrift(torch.nn.Module):
         return self.process.drift(z, self.predictor(z, time), time, stochastic=False)
 
 
-def torchdiffeq_options(method: str, grid: Tensor, rtol: float, atol: float) -> dict:
+def torchdiffeq_options(
+    method: str, grid: Tensor, rtol: float, atol: float, max_steps: int | None = None
+) -> dict:
     """Arguments of ``torchdiffeq.odeint`` for ``method``: adaptive ``dopri5`` uses
-    ``rtol``/``atol`` and is made to step exactly onto the final time, so that no stage
-    evaluates the schedule outside ``[0, 1]``; fixed-step methods take one step per grid
-    interval."""
+    ``rtol``/``atol`` (and at most ``max_steps`` steps, if given) and is made to step exactly
+    onto the final time, so that no stage evaluates the schedule outside ``[0, 1]``;
+    fixed-step methods take one step per grid interval."""
     if method not in ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; choose one of {ODE_METHODS}")
     if not (0 < rtol < math.inf and 0 < atol < math.inf):
@@ -181,7 +183,10 @@ def torchdiffeq_options(method: str, grid: Tensor, rtol: float, atol: float) -> 
             f"ODE tolerances must be positive and finite, got rtol={rtol}, atol={atol}"
         )
     if method == "dopri5":
-        return {"method": "dopri5", "rtol": rtol, "atol": atol, "options": {"step_t": grid[-1:]}}
+        options: dict = {"step_t": grid[-1:]}
+        if max_steps is not None:
+            options["max_num_steps"] = max_steps
+        return {"method": "dopri5", "rtol": rtol, "atol": atol, "options": options}
     name = "heun2" if method == "heun" else method
     return {"method": name, "options": {"grid_constructor": lambda *_: grid}}
 
