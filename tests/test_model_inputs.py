@@ -1,5 +1,7 @@
 """The model's methods refuse data and options they cannot use, with a message naming them."""
 
+import math
+
 import pytest
 import torch
 
@@ -71,3 +73,14 @@ def test_an_image_model_quantises_its_samples_and_scores_levels_in_one_call():
     assert scores["nelbo"].mean() == pytest.approx(float(by_hand.mean()), rel=0.05)
     with pytest.raises(ValueError, match=r"levels must be integers in 0..16"):
         model.image_bits_per_dim(data.float())
+
+
+def test_an_nll_solve_past_its_step_limit_leaves_the_nll_out_with_the_reason():
+    from ndm.config import EvalConfig
+    from ndm.data.loading import load_splits
+    from ndm.evaluation import evaluate
+
+    splits = load_splits("checkerboard", 64, 16, 0)
+    metrics = evaluate(_points_model(), splits, EvalConfig(n_eval=8, nll_max_steps=1))
+    assert "nll" not in metrics and "within 1 dopri5 steps" in metrics["nll_failure"]
+    assert math.isfinite(metrics["nelbo"])
