@@ -383,3 +383,8 @@ def test_warmup_longer_than_the_run_is_warned_of(tmp_path):
     cfg = RunConfig(train=TrainConfig(steps=2, batch_size=8, warmup_steps=8))
     with pytest.warns(UserWarning, match="warmup_steps 8 > steps 2: the run ends at 25.0%"):
         train(cfg, tmp_path / "run", train_data=torch.randn(64, 2))
+
+
+def test_eval_with_a_step_limit_reports_the_nll_left_out(run_copy, capsys):
+    assert main(["eval", str(run_copy), "--n-eval", "8", "--nll-max-steps", "1"]) == 0
+    assert "test NLL   left out: not solved within 1 dopri5 steps" in capsys.readouterr().out

@@ -100,9 +100,14 @@ def _checked(kind: type, check: Check) -> Callable[[str], object]:
 
 
 def _summary(metrics: dict) -> str:
-    lines = [
+    nll = (
         f"test NLL   {metrics['nll']:.4f} +- {metrics['nll_stderr']:.4f} nats "
-        f"({metrics['nll_bpd']:.4f} bits/dim, {metrics['nll_nfe']:.0f} NFE per batch)",
+        f"({metrics['nll_bpd']:.4f} bits/dim, {metrics['nll_nfe']:.0f} NFE per batch)"
+        if "nll" in metrics
+        else f"test NLL   left out: {metrics.get('nll_failure')}"
+    )
+    lines = [
+        nll,
         f"test NELBO {metrics['nelbo']:.4f} +- {metrics['nelbo_stderr']:.4f} nats "
         f"({metrics['nelbo_bpd']:.4f} bits/dim; prior {metrics['nelbo_prior']:.4f}, "
         f"diffusion {metrics['nelbo_diffusion']:.4f}, "
