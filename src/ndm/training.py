@@ -15,8 +15,9 @@ folder alone and stops gracefully on ``SIGTERM`` and ``SIGINT`` (:mod:`ndm.run_g
 Each step draws a global minibatch of ``batch_size`` examples, cut into ``world_size *
 grad_accum`` equal micro-batches, each copied from the host-side data to the device on its
 own (pinned and non-blocking on CUDA), so the training set never has to fit on the
-device; micro-batch ``k`` takes its noise from a generator seeded by ``(seed, step, k)``. Under ``torchrun`` the model is wrapped in DDP and process ``r`` takes
-micro-batches ``r * grad_accum ...``; only rank 0 writes the run folder. A run on one process
+device; micro-batch ``k`` takes its noise from a generator seeded by ``(seed, step, k)``.
+Under ``torchrun`` the model is wrapped in DDP and process ``r`` takes micro-batches
+``r * grad_accum ...``; only rank 0 writes the run folder. A run on one process
 with ``grad_accum = k`` therefore takes the same steps as ``k`` processes.
 
 A latent run (:mod:`ndm.latent`) trains its autoencoder alone for the first
