@@ -53,10 +53,11 @@ from ndm.samplers import ODE_METHODS, SAMPLERS
 from ndm.training import (
     METRICS_SUMMARY,
     RUN_FILES,
+    check_evaluable,
     load_data,
     load_run,
     load_run_config,
-    run_step,
+    read_run,
     train,
 )
 
@@ -344,8 +345,8 @@ def _sample(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     run = Path(args.run)
-    cfg, model = load_run(run, device=args.device)
-    step = run_step(run)
+    trained = read_run(run, device=args.device)
+    cfg, model = trained.config, trained.model
     changes = {
         f.name: getattr(args, f.name)
         for f in fields(EvalConfig)
@@ -354,9 +355,9 @@ def _eval(args: argparse.Namespace) -> None:
     if changes.get("fid_weights"):
         changes["fid_weights"] = str(Path(changes["fid_weights"]).expanduser().resolve())
     cfg = _moved_data(replace(cfg, eval=replace(cfg.eval, **changes)), args.data_path)
-    if cfg.eval.fid_weights and not Path(cfg.eval.fid_weights).is_file():
-        raise FileNotFoundError(f"FID weights file {cfg.eval.fid_weights} not found")
-    metrics = _record(_metrics(model, cfg, load_data(cfg.data)), cfg, step)
+    splits = load_data(cfg.data)
+    check_evaluable(splits, cfg.eval)
+    metrics = _record(_metrics(model, cfg, splits), cfg, trained.step)
     _log_evaluation(cfg, run, metrics, None)
     folder = run / EVALUATIONS
     folder.mkdir(exist_ok=True)

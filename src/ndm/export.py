@@ -16,12 +16,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from ndm.builders import build_run_model
-from ndm.checkpoint import atomic_write, load_checkpoint, save_json
+from ndm.checkpoint import atomic_write, save_json
 from ndm.config import RunConfig, config_from_dict, config_to_dict
 from ndm.distributed import resolve_device
 from ndm.latent import LatentNDM
 from ndm.model import NDM
-from ndm.training import CHECKPOINT, RUN_KEYS, load_run
+from ndm.training import read_run
 
 WEIGHTS = "model.safetensors"
 DESCRIPTION = "model.json"
@@ -37,16 +37,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     existing = [name for name in (WEIGHTS, DESCRIPTION) if (out_dir / name).exists()]
     if existing:
         raise FileExistsError(f"{out_dir} already holds an export ({existing[0]}); choose another")
-    cfg, model = load_run(run_dir)
-    state = load_checkpoint(run_dir / CHECKPOINT, RUN_KEYS)
-    weights = {
-        name: value.detach().clone().contiguous() for name, value in model.state_dict().items()
-    }
+    run = read_run(run_dir)
+    weights = {k: v.detach().clone().contiguous() for k, v in run.model.state_dict().items()}
     description = {
-        "config": config_to_dict(cfg),
-        "shape": list(state["shape"]),
-        "num_levels": state["num_levels"],
-        "step": state["step"],
+        "config": config_to_dict(run.config),
+        "shape": list(run.shape),
+        "num_levels": run.num_levels,
+        "step": run.step,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / WEIGHTS, lambda file: file.write(save(weights)))

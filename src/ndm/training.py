@@ -33,7 +33,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +294,7 @@ def with_resolved_paths(cfg: RunConfig) -> RunConfig:
     )
 
 
-def _check_evaluable(splits: Splits, cfg: EvalConfig) -> None:
+def check_evaluable(splits: Splits, cfg: EvalConfig) -> None:
     """What the evaluation after training needs, checked before the first step: test
     examples and the FID weights file when one is named."""
     if splits.test.shape[0] == 0:
@@ -357,7 +357,7 @@ def train(
     check_loggers(cfg.train.loggers)
     if train_data is None:
         splits = load_data(cfg.data)
-        _check_evaluable(splits, cfg.eval)
+        check_evaluable(splits, cfg.eval)
     else:
         cfg, splits = _given_points(cfg, run_dir, resume, train_data, test_data)
     check_data(splits.train, splits.num_levels)
@@ -537,15 +537,28 @@ def _kind(latent: bool) -> str:
     return "latent" if latent else "pixel"
 
 
-def load_run(
+@dataclass(frozen=True)
+class TrainedRun:
+    """What a run folder's checkpoint holds for using the model: its ``config``, the
+    ``model`` with the EMA weights, the ``step`` it was written at, the example ``shape``
+    and the ``num_levels`` of image data (``None`` for points)."""
+
+    config: RunConfig
+    model: NDM | LatentNDM
+    step: int
+    shape: tuple[int, ...]
+    num_levels: int | None
+
+
+def read_run(
     run_dir: str | Path, kind: str | None = None, device: str | torch.device = "cpu"
-) -> tuple[RunConfig, NDM | LatentNDM]:
-    """``(config, model with the EMA weights on device)`` of the checkpoint in ``run_dir``
-    (``device="auto"``: a GPU if there is one).
+) -> TrainedRun:
+    """The :class:`TrainedRun` of the checkpoint in ``run_dir``, its model on ``device``
+    (``"auto"``: a GPU if there is one).
 
     ``kind`` (``"pixel"`` or ``"latent"``), when given, is the kind of model the caller
     expects; a run of the other kind raises ``ValueError``, as does a checkpoint whose
-    weights are not of the kind its config describes.
+    weights are not of the kind its config describes or are not finite.
     """
     if kind is not None and kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose one of {MODEL_KINDS}")
@@ -565,17 +578,23 @@ def load_run(
         bad = non_finite_tensors(state["ema"])
         if bad:
             raise ValueError(f"non-finite weights in {len(bad)} tensors ({bad[0][1:]}, ...)")
-        model = build_run_model(cfg, tuple(state["shape"]), state["num_levels"])
+        shape = tuple(state["shape"])
+        model = build_run_model(cfg, shape, state["num_levels"])
         ema = _ema(model, cfg.train.ema_decay)
         ema.load_state_dict(state["ema"])
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"{path} does not hold a usable ndm run: {error}") from error
-    return cfg, ema.module.to(resolve_device(str(device)))
+    model = ema.module.to(resolve_device(str(device)))
+    return TrainedRun(cfg, model, state["step"], shape, state["num_levels"])
 
 
-def run_step(run_dir: str | Path) -> int:
-    """The step the checkpoint in ``run_dir`` was written at."""
-    return load_checkpoint(_checkpoint_in(run_dir), ("step",))["step"]
+def load_run(
+    run_dir: str | Path, kind: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[RunConfig, NDM | LatentNDM]:
+    """``(config, model with the EMA weights on device)`` of the run in ``run_dir``; see
+    :func:`read_run`."""
+    run = read_run(run_dir, kind, device)
+    return run.config, run.model
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
