@@ -211,6 +211,27 @@ def read_cifar10(directory: Path) -> Split:
     )
 
 
+def read_npz_arrays(path: Path, required: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` archive ``path``, read without unpickling; ``what`` names
+    the file in errors: missing (``FileNotFoundError``), not an archive, lacking one of the
+    ``required`` arrays, or holding pickled objects (``ValueError``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an npz archive")
+            missing = [key for key in required if key not in npz.files]
+            if missing:
+                raise ValueError(f"lacks array {missing[0]!r}, has {npz.files}")
+            return {key: npz[key] for key in npz.files}
+    except Exception as error:
+        reason = str(error)
+        if "allow_pickle" in reason:  # numpy's advice to unpickle is no advice here
+            reason = "it holds pickled Python objects, not arrays"
+        raise ValueError(f"{what} {path}: {reason}") from error
+
+
 def read_imagenet_npz(path: Path, side: int) -> tuple[np.ndarray, np.ndarray]:
     """Images ``uint8 [N, 3, side, side]`` and 0-based labels ``int64 [N]`` of one npz batch.
 
@@ -218,21 +239,8 @@ def read_imagenet_npz(path: Path, side: int) -> tuple[np.ndarray, np.ndarray]:
     with ``S`` inferred from the row length and required to equal ``side``, and ``labels``:
     ``N`` classes ``1..1000``, returned minus one.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: ImageNet npz batch not found")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("a single array, not an npz archive")
-            missing = [key for key in ("data", "labels") if key not in npz.files]
-            if missing:
-                raise ValueError(f"lacks array {missing[0]!r}, has {npz.files}")
-            data, labels = npz["data"], npz["labels"].astype(np.int64)
-    except Exception as error:
-        reason = str(error)
-        if "allow_pickle" in reason:  # numpy's advice to unpickle is no advice here
-            reason = "it holds pickled Python objects, not arrays"
-        raise ValueError(f"ImageNet npz {path}: {reason}") from error
+    arrays = read_npz_arrays(path, ("data", "labels"), "ImageNet npz batch")
+    data, labels = arrays["data"], arrays["labels"].astype(np.int64)
     values = data.shape[1] if data.ndim == 2 else 0
     found = math.isqrt(values // 3)
     if data.dtype != np.uint8 or values == 0 or 3 * found * found != values:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ndm.data.formats import read_npz_arrays
+
 POINTS_DATASET = "points"
 
 
@@ -29,21 +31,9 @@ def save_points(file: io.BufferedIOBase, train: Tensor, test: Tensor) -> None:
 def read_points(path: str | Path) -> tuple[Tensor, Tensor]:
     """``(train [N, D], test [M, D])`` float32 tensors of the points file ``path``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: points file not found")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("a single array, not an .npz archive")
-            if "train" not in archive.files:
-                raise ValueError(f"lacks array 'train', has {archive.files}")
-            train = archive["train"]
-            test = archive["test"] if "test" in archive.files else train[:0]
-    except Exception as error:
-        reason = str(error)
-        if "allow_pickle" in reason:  # the file asks for unpickling, which is never done
-            reason = "it holds pickled Python objects, not arrays"
-        raise ValueError(f"points file {path}: {reason}") from error
+    arrays = read_npz_arrays(path, ("train",), "points file")
+    train = arrays["train"]
+    test = arrays.get("test", train[:0])
     for name, x in (("train", train), ("test", test)):
         if x.ndim != 2 or x.shape[1] != train.shape[1] or not np.issubdtype(x.dtype, np.floating):
             raise ValueError(
