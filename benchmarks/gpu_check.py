@@ -12,8 +12,9 @@ Each row is pass or fail with its figure:
 * DDIM (10 steps), the ODE sampler and the ODE NLL on the device against the CPU, same
   weights and starting noise;
 * a run stopped and resumed on the device against an uninterrupted one;
-* the ``imagenet64`` preset training a few steps on a synthetic npz dataset, whose images
-  stay on the host and reach the device one micro-batch at a time.
+* the ``imagenet64`` preset training a few steps on a synthetic npz dataset, memory-mapped
+  from its copy in a cache folder, whose images stay on the host and reach the device one
+  micro-batch at a time.
 
 Usage::
 
@@ -241,7 +242,9 @@ def write_imagenet_npz(folder: Path, side: int, count: int) -> None:
 def imagenet_at_scale(folder: Path, device: str, side: int, arch: str, batch: int) -> Callable:
     def check() -> tuple[bool, str]:
         write_imagenet_npz(folder / "imagenet", side, 4 * batch)
-        data = DataConfig(f"imagenet{side}", path=str(folder / "imagenet"))
+        data = DataConfig(
+            f"imagenet{side}", path=str(folder / "imagenet"), cache=str(folder / "cache")
+        )
         began = time.perf_counter()
         train(_run_config(arch, data, 3, batch, device), folder / "imagenet-run")
         line = (folder / "imagenet-run" / "metrics.jsonl").read_text().splitlines()[-1]

@@ -154,7 +154,7 @@ def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path, level: str) -
             rtol=cfg.eval.rtol,
             atol=cfg.eval.atol,
         )
-        test = model_input(splits.test, splits, None, augment=False)
+        test = model_input(splits.test[: cfg.eval.n_samples], splits, None, augment=False)
         caption = f"ode-dopri5, rtol {cfg.eval.rtol:g}, NFE {nfe:.0f}"
         plot_image_samples(samples, test, run_dir / "samples.png", caption=caption)
         if not isinstance(model, LatentNDM):  # a latent NDM's F and x_theta act on latents

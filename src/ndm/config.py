@@ -75,6 +75,11 @@ class DataConfig(_Section):
     dataset: str = _option("checkerboard", "toy 2-D or image dataset", ALL_DATASETS)
     path: str = _option("", "folder or file of an image dataset (never downloaded)")
     resolution: int = _option(0, "image side after resizing (0: native)", check=NON_NEGATIVE)
+    cache: str = _option(
+        "",
+        "folder where image datasets are copied once as memory-mapped files, for data "
+        "larger than host memory (empty: read into memory)",
+    )
     n_train: int = _option(100_000, "training set size (toy data)", check=POSITIVE)
     n_test: int = _option(10_000, "test set size (toy data)", check=POSITIVE)
     seed: int = _option(0, "seed of the data splits", check=NON_NEGATIVE)

@@ -196,12 +196,19 @@ def fid_features(splits: Splits, cfg: EvalConfig, seed: int = 0) -> tuple[nn.Mod
         return inception_features(cfg.fid_weights), {"fid_features": "inception-v3"}
     if splits.train_labels is None:
         raise ValueError("classifier FID features need labelled training images")
-    train_x = model_input(splits.train, splits, None, augment=False)
-    classifier = train_classifier(train_x, splits.train_labels, cfg.classifier_steps, seed=seed)
-    test_x = model_input(splits.test, splits, None, augment=False)
+
+    # levels are mapped to [-1, 1] batch by batch: the splits may be larger than memory
+    def to_input(levels: Tensor) -> Tensor:
+        return model_input(levels, splits, None, augment=False)
+
+    classifier = train_classifier(
+        splits.train, splits.train_labels, cfg.classifier_steps, seed=seed, to_input=to_input
+    )
     info = {
         "fid_features": "classifier",
-        "classifier_test_accuracy": accuracy(classifier, test_x, splits.test_labels),
+        "classifier_test_accuracy": accuracy(
+            classifier, splits.test, splits.test_labels, to_input=to_input
+        ),
     }
     return ClassifierFeatures(classifier), info
 

@@ -78,6 +78,7 @@ RUN_KEYS = ("config", "step", "model", "ema", "shape", "num_levels")
 RUN_SECTIONS = ("data", "model", "latent", "train")
 #: What a resumed run may change: how long it runs, how often and where it logs and saves.
 RESUMABLE_SETTINGS = (
+    "data.cache",
     "train.steps",
     "train.checkpoint_every",
     "train.log_every",
@@ -89,7 +90,9 @@ MODEL_KINDS = ("pixel", "latent")
 
 def load_data(cfg: DataConfig) -> Splits:
     """The train and test splits of the configured dataset."""
-    return load_splits(cfg.dataset, cfg.n_train, cfg.n_test, cfg.seed, cfg.path, cfg.resolution)
+    return load_splits(
+        cfg.dataset, cfg.n_train, cfg.n_test, cfg.seed, cfg.path, cfg.resolution, cfg.cache
+    )
 
 
 def check_data(x: Tensor, num_levels: int | None = None) -> None:
@@ -289,7 +292,7 @@ def with_resolved_paths(cfg: RunConfig) -> RunConfig:
 
     return replace(
         cfg,
-        data=replace(cfg.data, path=resolved(cfg.data.path)),
+        data=replace(cfg.data, path=resolved(cfg.data.path), cache=resolved(cfg.data.cache)),
         eval=replace(cfg.eval, fid_weights=resolved(cfg.eval.fid_weights)),
     )
 

@@ -22,6 +22,8 @@ import math
 import pickle
 import re
 import struct
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -211,10 +213,13 @@ def read_cifar10(directory: Path) -> Split:
     )
 
 
-def read_npz_arrays(path: Path, required: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
-    """Every array of the ``.npz`` archive ``path``, read without unpickling; ``what`` names
-    the file in errors: missing (``FileNotFoundError``), not an archive, lacking one of the
-    ``required`` arrays, or holding pickled objects (``ValueError``)."""
+def read_npz_arrays(
+    path: Path, required: tuple[str, ...], what: str, only: tuple[str, ...] | None = None
+) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` archive ``path`` (those named in ``only`` if given, else all),
+    read without unpickling; ``what`` names the file in errors: missing
+    (``FileNotFoundError``), not an archive, lacking one of the ``required`` arrays, or
+    holding pickled objects (``ValueError``)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     try:
@@ -224,7 +229,7 @@ def read_npz_arrays(path: Path, required: tuple[str, ...], what: str) -> dict[st
             missing = [key for key in required if key not in npz.files]
             if missing:
                 raise ValueError(f"lacks array {missing[0]!r}, has {npz.files}")
-            return {key: npz[key] for key in npz.files}
+            return {key: npz[key] for key in npz.files if only is None or key in only}
     except Exception as error:
         reason = str(error)
         if "allow_pickle" in reason:  # numpy's advice to unpickle is no advice here
@@ -273,6 +278,27 @@ def _imagenet_train_files(directory: Path) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"{directory / 'train_data_batch_1.npz'}: no ImageNet train batch")
     return [found[k] for k in sorted(found)]
+
+
+class LazyPart(NamedTuple):
+    """``count`` images of a dataset file, read by ``read() -> (images uint8 [count, C, H,
+    W], labels int64 [count])`` only when called, so that a dataset larger than memory can be
+    copied one file at a time."""
+
+    count: int
+    read: Callable[[], tuple[np.ndarray, np.ndarray]]
+
+
+def _imagenet_part(path: Path, side: int) -> LazyPart:
+    """One npz batch, its labels read now (to count them) and its images when asked."""
+    labels = read_npz_arrays(path, ("data", "labels"), "ImageNet npz batch", only=("labels",))
+    return LazyPart(len(labels["labels"]), partial(read_imagenet_npz, path, side))
+
+
+def imagenet_parts(directory: Path, side: int) -> tuple[list[LazyPart], list[LazyPart]]:
+    """Train and test parts of :func:`read_imagenet`, one per npz batch."""
+    train = [_imagenet_part(path, side) for path in _imagenet_train_files(directory)]
+    return train, [_imagenet_part(directory / IMAGENET_TEST_FILE, side)]
 
 
 def read_imagenet(directory: Path, side: int) -> Split:

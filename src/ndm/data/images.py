@@ -33,7 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ndm.data.formats import Split, read_cifar10, read_image_folder, read_imagenet, read_mnist
+from ndm.data.formats import (
+    LazyPart,
+    Split,
+    imagenet_parts,
+    read_cifar10,
+    read_image_folder,
+    read_imagenet,
+    read_mnist,
+)
+from ndm.data.level_files import level_files
 
 DIGITS_LEVELS = 17
 EIGHT_BIT_LEVELS = 256
@@ -49,6 +58,12 @@ _FILE_READERS: dict[str, Callable[[Path], Split]] = {
 }
 #: Names accepted by :func:`load_image_dataset`.
 IMAGE_DATASETS: tuple[str, ...] = ("digits", *_FILE_READERS, "folder")
+#: Readers of the datasets read one file at a time into a cache: ``reader(folder) -> (train
+#: parts, test parts)``; the others are read whole first.
+_PART_READERS: dict[str, Callable[[Path], tuple[list[LazyPart], list[LazyPart]]]] = {
+    "imagenet32": partial(imagenet_parts, side=32),
+    "imagenet64": partial(imagenet_parts, side=64),
+}
 _FLIPPED = ("cifar10", "imagenet32", "imagenet64")
 _FILES_NEEDED = {
     "mnist": "the MNIST IDX files (train-images-idx3-ubyte[.gz], ...)",
@@ -112,14 +127,15 @@ def _folder(name: str, path: str | Path | None) -> Path:
     return folder
 
 
-def resize_levels(images: Tensor, resolution: int, num_levels: int) -> Tensor:
-    """Levels ``uint8 [N, C, H, W]`` resized to ``[N, C, resolution, resolution]``.
+def resize_levels(images: Tensor, resolution: int | None, num_levels: int) -> Tensor:
+    """Levels ``uint8 [N, C, H, W]`` resized to ``[N, C, resolution, resolution]``
+    (``resolution`` ``None``: returned unchanged).
 
     Antialiased bilinear interpolation of the levels as floats
     (``F.interpolate(..., antialias=True)``), rounded to the nearest level and clipped to
     ``0..num_levels - 1``. Images already of that size are returned unchanged.
     """
-    if images.shape[-2:] == (resolution, resolution):
+    if resolution is None or images.shape[-2:] == (resolution, resolution):
         return images
     chunks = [
         F.interpolate(chunk.float(), size=(resolution, resolution), mode="bilinear", antialias=True)
@@ -131,14 +147,36 @@ def resize_levels(images: Tensor, resolution: int, num_levels: int) -> Tensor:
     return torch.cat(chunks)
 
 
+def _read_split(name: str, folder: Path, resolution: int | None) -> Split:
+    """The whole split of file dataset ``name`` from ``folder``."""
+    if name == "folder":
+        return read_image_folder(folder, resolution)
+    return _FILE_READERS[name](folder)
+
+
+def _whole(split: Split) -> tuple[list[LazyPart], list[LazyPart]]:
+    """``split`` as one train part and one test part."""
+    return (
+        [LazyPart(len(split.train), lambda: (split.train, split.train_labels))],
+        [LazyPart(len(split.test), lambda: (split.test, split.test_labels))],
+    )
+
+
 def load_image_dataset(
-    name: str, path: str | Path | None, resolution: int | None = None, seed: int = 0
+    name: str,
+    path: str | Path | None,
+    resolution: int | None = None,
+    seed: int = 0,
+    cache: str | Path | None = None,
 ) -> ImageData:
     """Read image dataset ``name`` (one of :data:`IMAGE_DATASETS`).
 
     ``path``: the folder of its files (``None`` for ``digits``, which needs none);
     ``resolution``: side of the returned images (``None``: native size; ``folder`` needs
-    one), other sizes made by :func:`resize_levels`; ``seed``: seed of the ``digits`` split.
+    one), other sizes made by :func:`resize_levels`; ``seed``: seed of the ``digits`` split;
+    ``cache``: a folder where a file dataset is kept as memory-mapped level files
+    (:mod:`ndm.data.level_files`; ImageNet is copied one npz batch at a time), so that the
+    returned images are mapped from disk rather than held in memory (``None``: read whole).
     Raises ``ValueError`` for an unknown name or a missing path, ``FileNotFoundError`` for
     missing files and ``ValueError`` for malformed ones, naming the file.
     """
@@ -146,20 +184,24 @@ def load_image_dataset(
         raise ValueError(f"unknown image dataset {name!r}; choose one of {IMAGE_DATASETS}")
     if resolution is not None and resolution < 1:
         raise ValueError(f"resolution must be positive or None, got {resolution}")
+    if name == "folder" and resolution is None:
+        raise ValueError("dataset 'folder' needs a resolution to resize its images to")
+    num_levels = DIGITS_LEVELS if name == "digits" else EIGHT_BIT_LEVELS
+    resize = partial(resize_levels, resolution=resolution, num_levels=num_levels)
     if name == "digits":
         if path is not None and str(path) != "":
             raise ValueError(f"dataset 'digits' ships with scikit-learn; it takes no path: {path}")
-        split, num_levels = digits_split(seed), DIGITS_LEVELS
-    elif name == "folder":
-        if resolution is None:
-            raise ValueError("dataset 'folder' needs a resolution to resize its images to")
-        split, num_levels = read_image_folder(_folder(name, path), resolution), EIGHT_BIT_LEVELS
+        split = digits_split(seed)
+    elif cache is not None and str(cache) != "":
+        folder = _folder(name, path)
+        reader = _PART_READERS.get(name) or (lambda f: _whole(_read_split(name, f, resolution)))
+        train, train_labels, test, test_labels = level_files(
+            name, folder, resolution, Path(cache).expanduser(), partial(reader, folder), resize
+        )
+        return ImageData(train, test, train_labels, test_labels, num_levels, name)
     else:
-        split, num_levels = _FILE_READERS[name](_folder(name, path)), EIGHT_BIT_LEVELS
-    train, test = (torch.from_numpy(x) for x in (split.train, split.test))
-    if resolution is not None:
-        train = resize_levels(train, resolution, num_levels)
-        test = resize_levels(test, resolution, num_levels)
+        split = _read_split(name, _folder(name, path), resolution)
+    train, test = (resize(torch.from_numpy(x)) for x in (split.train, split.test))
     return ImageData(
         train,
         test,

@@ -63,11 +63,18 @@ def is_image_dataset(name: str) -> bool:
 
 
 def load_splits(
-    dataset: str, n_train: int, n_test: int, seed: int, path: str = "", resolution: int = 0
+    dataset: str,
+    n_train: int,
+    n_test: int,
+    seed: int,
+    path: str = "",
+    resolution: int = 0,
+    cache: str = "",
 ) -> Splits:
     """Toy data drawn from seeds ``2 seed`` / ``2 seed + 1`` (``n_train``/``n_test`` points),
     the points of the file ``path`` (:mod:`ndm.data.points`), or an image dataset read from
-    ``path`` (``resolution`` 0: native size; else resized)."""
+    ``path`` (``resolution`` 0: native size; else resized), memory-mapped from its copy in
+    the folder ``cache`` when one is given (:mod:`ndm.data.level_files`)."""
     if dataset in TOY_DATASETS:
         train, test = toy2d_splits(dataset, n_train, n_test, seed)
         return Splits(train, test, None, False, entropy(dataset))
@@ -78,7 +85,7 @@ def load_splits(
         return Splits(train, test, None, False, None)
     if dataset not in IMAGE_DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {ALL_DATASETS}")
-    data = load_image_dataset(dataset, path or None, resolution or None)
+    data = load_image_dataset(dataset, path or None, resolution or None, cache=cache or None)
     return Splits(
         data.train,
         data.test,

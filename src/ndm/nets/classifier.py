@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -69,8 +71,11 @@ def train_classifier(
     lr: float = 2e-3,
     seed: int = 0,
     num_classes: int | None = None,
+    to_input: Callable[[Tensor], Tensor] | None = None,
 ) -> SmallClassifier:
-    """Fit a :class:`SmallClassifier` to ``images`` [N, C, H, W] in [-1, 1] and ``labels`` [N].
+    """Fit a :class:`SmallClassifier` to ``images`` [N, C, H, W] in [-1, 1] and ``labels`` [N]
+    (or to ``to_input(batch)`` of each minibatch of ``images``, e.g. levels mapped to
+    [-1, 1] one batch at a time, for image sets larger than memory as floats).
 
     Minimises the mean cross-entropy ``-log softmax(f(x))_y`` with AdamW (weight decay 1e-4)
     for ``steps`` steps on minibatches drawn uniformly with replacement. The initialisation and
@@ -92,7 +97,8 @@ def train_classifier(
     net.train()
     for _ in range(steps):
         idx = torch.randint(images.shape[0], (batch_size,), generator=gen).to(images.device)
-        loss = F.cross_entropy(net(images[idx]), labels[idx])
+        batch = images[idx] if to_input is None else to_input(images[idx])
+        loss = F.cross_entropy(net(batch), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -100,10 +106,18 @@ def train_classifier(
 
 
 @torch.no_grad()
-def accuracy(classifier: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 512) -> float:
-    """Fraction of ``images`` [N, C, H, W] whose arg-max logit equals ``labels`` [N]."""
+def accuracy(
+    classifier: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int = 512,
+    to_input: Callable[[Tensor], Tensor] | None = None,
+) -> float:
+    """Fraction of ``images`` [N, C, H, W] (passed through ``to_input`` batch by batch when
+    given, as in :func:`train_classifier`) whose arg-max logit equals ``labels`` [N]."""
     correct = 0
     for start in range(0, images.shape[0], batch_size):
-        logits = classifier(images[start : start + batch_size])
+        batch = images[start : start + batch_size]
+        logits = classifier(batch if to_input is None else to_input(batch))
         correct += int((logits.argmax(dim=1) == labels[start : start + batch_size]).sum())
     return correct / images.shape[0]
