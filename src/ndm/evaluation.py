@@ -93,10 +93,9 @@ def evaluate(model: NDM, splits: Splits, cfg: EvalConfig, with_nll: bool = True)
     another grid of the same model, whose ODE is the same); so are they, with
     ``nll_failure`` saying why, when a solve needs more than ``cfg.nll_max_steps`` steps.
     """
+    splits.require_test_examples()
     param = next(model.parameters())
     test = splits.test[: cfg.n_eval].to(param.device)
-    if test.shape[0] == 0:
-        raise ValueError("the test split holds no examples: there is nothing to evaluate")
     dims = math.prod(splits.shape)
     generator = torch.Generator(param.device).manual_seed(0)
     divergence = cfg.divergence
@@ -155,10 +154,9 @@ def evaluate_latent(model: LatentNDM, splits: Splits, cfg: EvalConfig) -> dict:
     """
     if not splits.is_image:
         raise ValueError("a latent NDM is evaluated on images")
+    splits.require_test_examples()
     param = next(model.parameters())
     test = splits.test[: cfg.n_eval].to(param.device)
-    if test.shape[0] == 0:
-        raise ValueError("the test split holds no examples: there is nothing to evaluate")
     dims = math.prod(splits.shape)
     generator = torch.Generator(param.device).manual_seed(0)
     divergence = "hutchinson" if cfg.divergence == "auto" else cfg.divergence

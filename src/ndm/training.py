@@ -6,8 +6,9 @@ A run folder holds ``config.json`` (the resolved config), ``metrics.jsonl`` (one
 holds the optimised ``loss``; for the NELBO objectives the ``nelbo`` estimate and its terms,
 and for images its ``bits_per_dim`` (of dequantised images, with the offset
 ``log2(L / 2)``, for a pixel run); with a kinetic weight the unweighted ``kinetic``
-penalty, so that ``loss = nelbo + kinetic_weight * kinetic``; and ``lr``, ``grad_norm`` and
-``seconds_per_step``. A checkpoint stores the model, its EMA, the optimiser and LR
+penalty, so that ``loss = nelbo + kinetic_weight * kinetic``; and ``lr``, ``grad_norm`` (for
+a learned transform also ``grad_norm_phi`` and ``grad_norm_theta``, its share and the
+rest's) and ``seconds_per_step``. A checkpoint stores the model, its EMA, the optimiser and LR
 scheduler, the step, the minibatch generator and the global RNG state, so a resumed run
 continues exactly the same stream as an uninterrupted one. While it trains, a run holds its
 folder alone and stops gracefully on ``SIGTERM`` and ``SIGINT`` (:mod:`ndm.run_guard`).
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -246,6 +247,23 @@ def _micro_batches(cfg: RunConfig, place: Distributed) -> int:
     return cfg.train.batch_size // parts
 
 
+def _gradient_norms(model: nn.Module) -> dict[str, float]:
+    """``grad_norm_phi``: the norm of the loss gradient over the transform's parameters
+    (``process.transform``), and ``grad_norm_theta`` over all others (predictor, schedule,
+    autoencoder); empty when the transform has no parameters with gradients."""
+    phi, theta = [], []
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            is_phi = ".process.transform." in f".{name}"
+            (phi if is_phi else theta).append(torch.linalg.vector_norm(param.grad.float()))
+    if not phi:
+        return {}
+    return {
+        "grad_norm_phi": torch.linalg.vector_norm(torch.stack(phi)).item(),
+        "grad_norm_theta": torch.linalg.vector_norm(torch.stack(theta)).item() if theta else 0.0,
+    }
+
+
 def _step(
     model: NDM | LatentNDM | DistributedDataParallel,
     optimizer: torch.optim.Optimizer,
@@ -255,7 +273,8 @@ def _step(
 ) -> dict[str, float]:
     """One clipped optimiser step on this process's micro-batches ``(x, noise generator)``;
     returns the model's losses (the optimised loss, the NELBO, its terms and any penalty),
-    the learning rate and the gradient norm before clipping, averaged over processes.
+    the learning rate and the gradient norm before clipping (also split between the
+    transform and the rest, :func:`_gradient_norms`), averaged over processes.
     Raises ``FloatingPointError``, leaving the parameters untouched, when the loss or the
     gradient is not finite."""
     optimizer.zero_grad(set_to_none=True)
@@ -270,9 +289,10 @@ def _step(
             (losses["loss"].float().mean() / len(micro_batches)).backward()
         for key, value in losses.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float().mean().item()
+    norms = _gradient_norms(model)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
     values = {k: v / len(micro_batches) for k, v in sums.items()}
-    values = mean_over_processes(values | {"grad_norm": grad_norm.item()}, place)
+    values = mean_over_processes(values | {"grad_norm": grad_norm.item()} | norms, place)
     if not all(math.isfinite(values[k]) for k in ("loss", "grad_norm")):
         raise FloatingPointError(
             f"non-finite loss or gradient {{'loss': {values['loss']}, "
@@ -300,8 +320,7 @@ def with_resolved_paths(cfg: RunConfig) -> RunConfig:
 def check_evaluable(splits: Splits, cfg: EvalConfig) -> None:
     """What the evaluation after training needs, checked before the first step: test
     examples and the FID weights file when one is named."""
-    if splits.test.shape[0] == 0:
-        raise ValueError("the test split holds no examples: NLL, NELBO and FID need some")
+    splits.require_test_examples()
     if cfg.fid_weights and not Path(cfg.fid_weights).is_file():
         raise FileNotFoundError(f"FID weights file {cfg.fid_weights} not found")
 

@@ -57,6 +57,11 @@ class Splits:
     def is_image(self) -> bool:
         return self.num_levels is not None
 
+    def require_test_examples(self) -> None:
+        """Raise ``ValueError`` if the test split is empty: NLL, NELBO and FID need it."""
+        if self.test.shape[0] == 0:
+            raise ValueError("the test split holds no examples: NLL, NELBO and FID need some")
+
 
 def is_image_dataset(name: str) -> bool:
     return name in IMAGE_DATASETS

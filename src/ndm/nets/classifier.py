@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 
 def _conv_block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -95,7 +96,7 @@ def train_classifier(
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     net.train()
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="FID feature classifier", unit="step", leave=False):
         idx = torch.randint(images.shape[0], (batch_size,), generator=gen).to(images.device)
         batch = images[idx] if to_input is None else to_input(images[idx])
         loss = F.cross_entropy(net(batch), labels[idx])
