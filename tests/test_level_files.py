@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from ndm.data.formats import LazyPart
+from ndm.data.formats import LazyPart, image_folder_parts, read_image_folder
 from ndm.data.images import load_image_dataset
 from ndm.data.level_files import level_files
-from tests.test_image_data import write_cifar, write_imagenet
+from tests.test_image_data import write_cifar, write_image, write_imagenet
 
 
 def _mapped_file(address: int) -> str:
@@ -70,6 +70,25 @@ def test_small_datasets_are_copied_whole(tmp_path: Path) -> None:
     whole = load_image_dataset("cifar10", tmp_path / "cifar")
     mapped = load_image_dataset("cifar10", tmp_path / "cifar", cache=tmp_path / "cache")
     assert torch.equal(whole.train, mapped.train) and torch.equal(whole.test, mapped.test)
+
+
+def test_image_folders_are_copied_a_part_at_a_time(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for k in range(23):
+        write_image(
+            tmp_path / "images" / f"{k % 3}" / f"{k:02d}.png", rng.integers(0, 256, (9, 12, 3))
+        )
+    whole = read_image_folder(tmp_path / "images", 8)
+    train_parts, test_parts = image_folder_parts(tmp_path / "images", 8, per_part=4)
+    assert [part.count for part in train_parts] == [4, 4, 4, 4, 4]
+    for parts, images, labels in ((train_parts, whole.train, whole.train_labels),
+                                  (test_parts, whole.test, whole.test_labels)):  # fmt: skip
+        read = [part.read() for part in parts]
+        assert np.array_equal(np.concatenate([x for x, _ in read]), images)
+        assert np.array_equal(np.concatenate([y for _, y in read]), labels)
+    mapped = load_image_dataset("folder", tmp_path / "images", 8, cache=tmp_path / "cache")
+    assert torch.equal(mapped.train, torch.from_numpy(whole.train))
+    assert torch.equal(mapped.test_labels, torch.from_numpy(whole.test_labels))
 
 
 def test_an_interrupted_copy_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -355,6 +355,22 @@ def read_image(path: Path, resolution: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
+def _folder_files(directory: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """Files of :func:`read_image_folder`, their labels ``int64 [N]`` and test mask ``[N]``."""
+    files = image_files(directory)
+    if len(files) < 2:
+        raise FileNotFoundError(
+            f"{directory}: no PNG/JPEG images in folder (found {len(files)}, need at least 2)"
+        )
+    parents = {parent: k for k, parent in enumerate(sorted({path.parent for path in files}))}
+    labels = np.array([parents[path.parent] for path in files], dtype=np.int64)
+    return files, labels, np.arange(len(files)) % FOLDER_TEST_EVERY == 0
+
+
+def _read_images(files: list[Path], labels: np.ndarray, resolution: int) -> tuple:
+    return np.stack([read_image(path, resolution) for path in files]), labels
+
+
 def read_image_folder(directory: Path, resolution: int) -> Split:
     """The PNG/JPEG images under ``directory`` as ``uint8 [N, 3, resolution, resolution]``.
 
@@ -363,13 +379,26 @@ def read_image_folder(directory: Path, resolution: int) -> Split:
     split. An image's label is the index of its parent folder among the sorted distinct
     parent folders (all 0 for a flat folder).
     """
-    files = image_files(directory)
-    if len(files) < 2:
-        raise FileNotFoundError(
-            f"{directory}: no PNG/JPEG images in folder (found {len(files)}, need at least 2)"
-        )
-    images = np.stack([read_image(path, resolution) for path in files])
-    parents = {parent: k for k, parent in enumerate(sorted({path.parent for path in files}))}
-    labels = np.array([parents[path.parent] for path in files], dtype=np.int64)
-    test = np.arange(len(files)) % FOLDER_TEST_EVERY == 0
+    files, labels, test = _folder_files(directory)
+    images, _ = _read_images(files, labels, resolution)
     return Split(images[~test], labels[~test], images[test], labels[test])
+
+
+def image_folder_parts(
+    directory: Path, resolution: int, per_part: int = 4096
+) -> tuple[list[LazyPart], list[LazyPart]]:
+    """Train and test parts of :func:`read_image_folder`, ``per_part`` images each."""
+    files, labels, test = _folder_files(directory)
+    splits = []
+    for mask in (~test, test):
+        chosen = [path for path, keep in zip(files, mask, strict=True) if keep]
+        chosen_labels = labels[mask]
+        splits.append([
+            LazyPart(
+                len(chosen[k : k + per_part]),
+                partial(_read_images, chosen[k : k + per_part], chosen_labels[k : k + per_part],
+                        resolution),
+            )
+            for k in range(0, len(chosen), per_part)
+        ])  # fmt: skip
+    return splits[0], splits[1]

@@ -36,6 +36,7 @@ from torch import Tensor
 from ndm.data.formats import (
     LazyPart,
     Split,
+    image_folder_parts,
     imagenet_parts,
     read_cifar10,
     read_image_folder,
@@ -58,11 +59,12 @@ _FILE_READERS: dict[str, Callable[[Path], Split]] = {
 }
 #: Names accepted by :func:`load_image_dataset`.
 IMAGE_DATASETS: tuple[str, ...] = ("digits", *_FILE_READERS, "folder")
-#: Readers of the datasets read one file at a time into a cache: ``reader(folder) -> (train
-#: parts, test parts)``; the others are read whole first.
-_PART_READERS: dict[str, Callable[[Path], tuple[list[LazyPart], list[LazyPart]]]] = {
-    "imagenet32": partial(imagenet_parts, side=32),
-    "imagenet64": partial(imagenet_parts, side=64),
+#: Readers of the datasets copied into a cache a part at a time: ``reader(folder,
+#: resolution) -> (train parts, test parts)``; the others are read whole first.
+_PART_READERS: dict[str, Callable[[Path, int | None], tuple[list[LazyPart], list[LazyPart]]]] = {
+    "imagenet32": lambda folder, _: imagenet_parts(folder, 32),
+    "imagenet64": lambda folder, _: imagenet_parts(folder, 64),
+    "folder": image_folder_parts,
 }
 _FLIPPED = ("cifar10", "imagenet32", "imagenet64")
 _FILES_NEEDED = {
@@ -175,7 +177,8 @@ def load_image_dataset(
     ``resolution``: side of the returned images (``None``: native size; ``folder`` needs
     one), other sizes made by :func:`resize_levels`; ``seed``: seed of the ``digits`` split;
     ``cache``: a folder where a file dataset is kept as memory-mapped level files
-    (:mod:`ndm.data.level_files`; ImageNet is copied one npz batch at a time), so that the
+    (:mod:`ndm.data.level_files`; ImageNet is copied one npz batch at a time, a folder of
+    images 4096 images at a time), so that the
     returned images are mapped from disk rather than held in memory (``None``: read whole).
     Raises ``ValueError`` for an unknown name or a missing path, ``FileNotFoundError`` for
     missing files and ``ValueError`` for malformed ones, naming the file.
@@ -194,9 +197,14 @@ def load_image_dataset(
         split = digits_split(seed)
     elif cache is not None and str(cache) != "":
         folder = _folder(name, path)
-        reader = _PART_READERS.get(name) or (lambda f: _whole(_read_split(name, f, resolution)))
+        reader = _PART_READERS.get(name) or (lambda f, r: _whole(_read_split(name, f, r)))
         train, train_labels, test, test_labels = level_files(
-            name, folder, resolution, Path(cache).expanduser(), partial(reader, folder), resize
+            name,
+            folder,
+            resolution,
+            Path(cache).expanduser(),
+            partial(reader, folder, resolution),
+            resize,
         )
         return ImageData(train, test, train_labels, test_labels, num_levels, name)
     else:
