@@ -340,11 +340,30 @@ def test_flags_beside_a_config_file_override_it(tmp_path, capsys):
     assert not (tmp_path / "b").exists()
 
 
+def test_a_yaml_config_file_is_read_like_json(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  dataset: moons\ntrain:\n  steps: 99\n  lr: 2.0e-3\n")
+    run = tmp_path / "run"
+    args = ["train", "--config", str(config), "--run-dir", str(run), *TINY, "--eval", "none"]
+    assert main(args) == 0
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["data"]["dataset"] == "moons" and recorded["train"]["lr"] == 2e-3
+    capsys.readouterr()
+    config.write_text("data: [unclosed\n")
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "b")]) == 1
+    one_line_error(capsys, "c.yaml is not YAML")
+    config.write_text("train:\n  lr: 2e-3\n")  # YAML 1.1 reads this as a string
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "b")]) == 1
+    one_line_error(capsys, "c.yaml", "lr must be of type float")
+    assert not (tmp_path / "b").exists()
+
+
 def test_the_example_config_files_train(tmp_path):
     from pathlib import Path
 
-    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
-    assert configs
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    configs = sorted([*folder.glob("*.json"), *folder.glob("*.yaml")])
+    assert {config.suffix for config in configs} == {".json", ".yaml"}
     for config in configs:
         run = tmp_path / config.stem
         args = ["train", "--config", str(config), "--run-dir", str(run), "--steps", "2"]

@@ -241,13 +241,28 @@ def _metrics(model: NDM | LatentNDM, cfg: RunConfig, splits: Splits) -> dict:
 
 
 def _config_file(path: Path) -> RunConfig:
-    """The run config of a JSON file (``{section: {field: value}}``, as ``config.json``)."""
+    """The run config of a JSON file (``{section: {field: value}}``, as ``config.json``), or
+    of a YAML file of the same shape (``.yaml``/``.yml``, read by ``yaml.safe_load``, which
+    builds plain values only)."""
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError as error:
         raise FileNotFoundError(f"config file {path} not found") from error
-    except json.JSONDecodeError as error:
-        raise ValueError(f"config file {path} is not JSON ({error})") from error
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise ValueError(f"config file {path} is not YAML ({problem}{where})") from error
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config file {path} is not JSON ({error})") from error
     try:
         return config_from_dict(data)
     except (ValueError, TypeError) as error:
@@ -401,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     train_p.add_argument(
-        "--config", type=Path, help="JSON config file (as RUN/config.json); flags override it"
+        "--config",
+        type=Path,
+        help="JSON (as RUN/config.json) or YAML config file; flags override it",
     )
     train_p.add_argument(
         "--eval",
