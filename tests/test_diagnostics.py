@@ -70,3 +70,49 @@ def test_training_log_splits_the_gradient_norm(tmp_path: Path, transform: str) -
         # the two parts make up the whole norm (before clipping)
         whole = (line["grad_norm_phi"] ** 2 + line["grad_norm_theta"] ** 2) ** 0.5
         assert whole == pytest.approx(line["grad_norm"], rel=1e-5)
+
+
+# --- the knobs of a learned transform -----------------------------------------------------
+
+
+def test_transform_init_scale_moves_f_at_start_in_proportion() -> None:
+    from ndm.builders import build_model
+
+    x = sample_data(64, seed=3).float()
+    times = torch.tensor([0.5, 1.0])
+    moved = {}
+    for scale in (0.0, 0.01, 0.02):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(hidden=16, depth=2, transform_init_scale=scale), (2,))
+        moved[scale] = transform_displacement(model, x, times)
+    assert torch.equal(moved[0.0], torch.zeros(2))
+    # the output layer is linear in its parameters: twice the scale, four times ||F - x||^2
+    torch.testing.assert_close(moved[0.02], 4 * moved[0.01])
+    assert (moved[0.01] > 0).all()
+    with pytest.raises(ValueError, match="shape a learned transform; transform is 'identity'"):
+        ModelConfig(transform="identity", transform_form="interpolation")
+
+
+def test_a_separate_learning_rate_for_phi(tmp_path: Path) -> None:
+    """With ``transform_lr`` the transform's parameters form their own optimiser group at
+    that rate, and with ``transform_lr = lr`` the run equals one without it."""
+    from ndm.checkpoint import load_checkpoint
+
+    def run(name: str, **settings: object) -> tuple[dict, torch.nn.Module]:
+        cfg = RunConfig(
+            DataConfig("checkerboard", n_train=256, n_test=64),
+            ModelConfig(hidden=16, depth=2),
+            TrainConfig(steps=3, batch_size=32, checkpoint_every=3, warmup_steps=1, **settings),
+            EvalConfig(),
+        )
+        model = train(cfg, tmp_path / name)
+        return load_checkpoint(tmp_path / name / "checkpoint.pt"), model
+
+    (single, _), (same, _) = run("single"), run("same", transform_lr=2e-3)
+    faster, model = run("fast", transform_lr=1e-2)
+    groups = faster["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [2e-3, 1e-2]
+    n_phi = sum(1 for name, _ in model.named_parameters() if "transform" in name)
+    assert len(groups[1]["params"]) == n_phi
+    assert all(torch.equal(single["model"][k], same["model"][k]) for k in single["model"])
+    assert not all(torch.equal(single["model"][k], faster["model"][k]) for k in single["model"])

@@ -17,9 +17,9 @@ from ndm.transforms import (
 from tests.exact_gaussian import MATRIX, SHIFT
 
 
-def _learned(derivative: str = "jvp") -> LearnedTransform:
+def _learned(derivative: str = "jvp", form: str = "residual") -> LearnedTransform:
     torch.manual_seed(0)
-    return LearnedTransform(TimeMLP(2, hidden=32, depth=2), derivative).double()
+    return LearnedTransform(TimeMLP(2, hidden=32, depth=2), derivative, form).double()
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,8 @@ def test_time_derivative_matches_finite_differences_float64(derivative: str, rec
     x = torch.randn(16, 2, dtype=torch.float64, generator=generator)
     t = torch.rand(16, dtype=torch.float64, generator=generator) * 0.9 + 0.05
     h = 1e-5
-    for transform in (_learned(derivative), AffineTransform(MATRIX, SHIFT)):
+    transforms = (_learned(derivative), _learned(derivative, "interpolation"))
+    for transform in (*transforms, AffineTransform(MATRIX, SHIFT)):
         with torch.set_grad_enabled(recording):
             value, derivative = transform(x, t)
         f = transform.value
@@ -50,6 +51,23 @@ def test_boundary_condition_holds_for_a_nonlinear_learned_transform():
     x = torch.randn(8, 2, dtype=torch.float64)
     assert transform.value(x, torch.full((8,), 0.5, dtype=torch.float64)).sub(x).abs().max() > 1e-3
     torch.testing.assert_close(transform.value(x, torch.zeros(8, dtype=torch.float64)), x)
+
+
+def test_the_interpolation_form_is_its_formula():
+    """F = (1 - t) x + t NN(x, t): x at t = 0, NN(x, 1) at t = 1, and the residual form
+    minus t x in between."""
+    residual, interpolation = _learned(), _learned(form="interpolation")
+    x = torch.randn(8, 2, dtype=torch.float64)
+    for t in (0.0, 0.4, 1.0):
+        times = torch.full((8,), t, dtype=torch.float64)
+        expected = residual.value(x, times) - t * x
+        torch.testing.assert_close(interpolation.value(x, times), expected)
+    torch.testing.assert_close(
+        interpolation.value(x, torch.ones(8, dtype=torch.float64)),
+        interpolation.net(x, torch.ones(8, dtype=torch.float64)),
+    )
+    with pytest.raises(ValueError, match="unknown transform form 'affine'"):
+        LearnedTransform(TimeMLP(2), form="affine")
 
 
 def test_identity_and_learned_flags():

@@ -3,6 +3,7 @@ or a :class:`~ndm.latent.LatentNDM` from a whole :class:`~ndm.config.RunConfig`.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ndm.autoencoder import Autoencoder
@@ -58,14 +59,27 @@ def build_network(
     return build_unet(name, shape[0], shape[2], zero_init_output, outputs * shape[0])
 
 
+def _scaled_output_layer(network: nn.Module, scale: float) -> nn.Module:
+    """``network`` (a ``TimeMLP`` or a U-Net, whose last layer is ``out[-1]``) with that
+    layer's weights and bias multiplied by ``scale``."""
+    with torch.no_grad():
+        for param in network.out[-1].parameters():
+            param.mul_(scale)
+    return network
+
+
 def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
-    """``"learned"``: ``F = x + t NN(x, t)`` with the network's output layer at zero, so the
-    process starts as DDPM's; ``"separable"``: ``F = x + t sum_k P_k(2t - 1) G_k(x)``, likewise
+    """``"learned"``: ``F = x + t NN(x, t)`` (or ``(1 - t) x + t NN(x, t)``, ``transform_form``)
+    with the network's output layer at zero, so the residual form starts as DDPM's (or at
+    ``transform_init_scale`` times its default init); ``"separable"``: ``F = x + t sum_k P_k(2t - 1) G_k(x)``, likewise
     zero at start; ``"identity"``: ``F = x`` (the DDPM baseline); ``"blur"``: the fixed
     blurring transform of soft / blurring diffusion."""
     if cfg.transform == "learned":
-        network = build_network(cfg, shape, zero_init_output=True)
-        return LearnedTransform(network, cfg.transform_derivative)
+        scale = cfg.transform_init_scale
+        network = build_network(cfg, shape, zero_init_output=scale == 0)
+        if scale:
+            network = _scaled_output_layer(network, scale)
+        return LearnedTransform(network, cfg.transform_derivative, cfg.transform_form)
     if cfg.transform == "separable":
         network = build_network(cfg, shape, True, outputs=cfg.transform_basis)
         return SeparableTransform(network, cfg.transform_basis)

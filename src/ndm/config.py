@@ -27,7 +27,7 @@ from ndm.predictors import PARAMETERISATIONS
 from ndm.samplers import SAMPLERS
 from ndm.schedules import SCHEDULES
 from ndm.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS
-from ndm.transforms import DERIVATIVES
+from ndm.transforms import DERIVATIVES, TRANSFORM_FORMS
 
 TRANSFORMS = ("learned", "separable", "identity", "blur")
 REVERSE_VARIANCES = ("auto", "learned", "posterior")
@@ -96,6 +96,16 @@ class ModelConfig(_Section):
         "U-Nets, more memory)",
         DERIVATIVES,
     )
+    transform_form: str = _option(
+        "residual",
+        "learned F: residual F = x + t NN(x, t), or interpolation F = (1 - t) x + t NN(x, t)",
+        TRANSFORM_FORMS,
+    )
+    transform_init_scale: float = _option(
+        0.0,
+        "learned F: NN's output layer at init, PyTorch's default init times this (0: zeros)",
+        check=NON_NEGATIVE,
+    )
     transform_basis: int = _option(
         4,
         "Legendre polynomials in t of the separable transform F = x + t sum_k P_k(2t-1) G_k(x)",
@@ -153,6 +163,10 @@ class ModelConfig(_Section):
                 f"reverse_variance 'learned' is trained by the discrete objective; objective "
                 f"{self.objective!r} leaves it untrained: use 'auto' or 'posterior'"
             )
+        learned_only = {"transform_form": "residual", "transform_init_scale": 0.0}
+        given = [name for name, default in learned_only.items() if getattr(self, name) != default]
+        if given and self.transform != "learned":
+            raise ValueError(f"{given} shape a learned transform; transform is {self.transform!r}")
         if self.schedule == "fm_ot" and self.parameterisation == "eps":
             raise ValueError(
                 "schedule 'fm_ot' has alpha_1 = 0, which an eps predictor divides by; "
@@ -222,6 +236,9 @@ class TrainConfig(_Section):
     grad_accum: int = _option(1, "micro-batches accumulated per step", check=POSITIVE)
     lr: float = _option(2e-3, "AdamW learning rate", check=POSITIVE)
     weight_decay: float = _option(0.0, "AdamW weight decay", check=NON_NEGATIVE)
+    transform_lr: float = _option(
+        0.0, "learning rate of the transform's parameters phi (0: lr)", check=NON_NEGATIVE
+    )
     warmup_steps: int = _option(500, "steps of linear learning-rate warmup", check=NON_NEGATIVE)
     ema_decay: float = _option(0.995, "decay of the weight EMA", check=UNIT_INTERVAL)
     grad_clip: float = _option(1.0, "maximum gradient norm", check=POSITIVE)

@@ -53,7 +53,14 @@ from ndm.checkpoint import (
     save_checkpoint,
     save_json,
 )
-from ndm.config import DataConfig, EvalConfig, RunConfig, config_from_dict, config_to_dict
+from ndm.config import (
+    DataConfig,
+    EvalConfig,
+    RunConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from ndm.data.loading import Splits, load_splits, model_input
 from ndm.data.points import POINTS_DATASET, read_points, save_points
 from ndm.distributed import (
@@ -247,6 +254,22 @@ def _micro_batches(cfg: RunConfig, place: Distributed) -> int:
     return cfg.train.batch_size // parts
 
 
+def _is_transform_parameter(name: str) -> bool:
+    """Whether the parameter ``name`` belongs to the transform ``F_phi``."""
+    return ".process.transform." in f".{name}"
+
+
+def _parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimiser's parameter groups: one at ``cfg.lr``, or, with ``cfg.transform_lr``,
+    the rest at ``lr`` (first: the logged ``lr``) and the transform's at ``transform_lr``."""
+    params = list(model.named_parameters())
+    if not cfg.transform_lr:
+        return [{"params": [p for _, p in params]}]
+    rest = [p for name, p in params if not _is_transform_parameter(name)]
+    phi = [p for name, p in params if _is_transform_parameter(name)]
+    return [{"params": rest}] + ([{"params": phi, "lr": cfg.transform_lr}] if phi else [])
+
+
 def _gradient_norms(model: nn.Module) -> dict[str, float]:
     """``grad_norm_phi``: the norm of the loss gradient over the transform's parameters
     (``process.transform``), and ``grad_norm_theta`` over all others (predictor, schedule,
@@ -254,8 +277,9 @@ def _gradient_norms(model: nn.Module) -> dict[str, float]:
     phi, theta = [], []
     for name, param in model.named_parameters():
         if param.grad is not None:
-            is_phi = ".process.transform." in f".{name}"
-            (phi if is_phi else theta).append(torch.linalg.vector_norm(param.grad.float()))
+            (phi if _is_transform_parameter(name) else theta).append(
+                torch.linalg.vector_norm(param.grad.float())
+            )
     if not phi:
         return {}
     return {
@@ -405,7 +429,7 @@ def train(
     latent = isinstance(model, LatentNDM)
     ema = _ema(model, cfg.train.ema_decay)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        _parameter_groups(model, cfg.train), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
     stage_change = cfg.latent.autoencoder_steps if latent else 0
     scheduler = LambdaLR(optimizer, _warmup(cfg.train.warmup_steps, stage_change))

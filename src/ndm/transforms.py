@@ -31,6 +31,8 @@ def _per_example(t: Tensor, like: Tensor) -> Tensor:
 
 
 DERIVATIVES = ("jvp", "double_backward")
+#: Forms of a learned transform: ``F = x + t NN(x, t)`` or ``F = (1 - t) x + t NN(x, t)``.
+TRANSFORM_FORMS = ("residual", "interpolation")
 
 
 class Transform(nn.Module):
@@ -145,23 +147,33 @@ class AffineTransform(Transform):
 
 
 class LearnedTransform(Transform):
-    """``F_phi(x, t) = x + t NN_phi(x, t)`` for any network ``NN(x [B, ...], t [B]) -> [B, ...]``.
+    """``F_phi(x, t) = x + t NN_phi(x, t)`` (``form="residual"``) or
+    ``F_phi(x, t) = (1 - t) x + t NN_phi(x, t)`` (``"interpolation"``, the form of the NFDM
+    code) for any network ``NN(x [B, ...], t [B]) -> [B, ...]``.
 
-    ``F(x, 0) = x`` holds by construction for every ``phi``. Initialise the network's last
-    layer at zero to start from the identity (the DDPM forward process). ``derivative``
-    (one of :data:`DERIVATIVES`) chooses how ``dF/dt`` is taken in training.
+    ``F(x, 0) = x`` holds by construction for every ``phi``. With the network's last layer at
+    zero, the residual form starts from the identity (the DDPM forward process) and the
+    interpolation form from ``F = (1 - t) x``. ``derivative`` (one of :data:`DERIVATIVES`)
+    chooses how ``dF/dt`` is taken in training.
     """
 
     def __init__(
-        self, net: Callable[[Tensor, Tensor], Tensor] | nn.Module, derivative: str = "jvp"
+        self,
+        net: Callable[[Tensor, Tensor], Tensor] | nn.Module,
+        derivative: str = "jvp",
+        form: str = "residual",
     ):
         super().__init__()
         if derivative not in DERIVATIVES:
             raise ValueError(f"unknown derivative {derivative!r}; choose one of {DERIVATIVES}")
-        self.net, self.derivative = net, derivative
+        if form not in TRANSFORM_FORMS:
+            raise ValueError(f"unknown transform form {form!r}; choose one of {TRANSFORM_FORMS}")
+        self.net, self.derivative, self.form = net, derivative, form
 
     def value(self, x: Tensor, t: Tensor) -> Tensor:
-        return x + _per_example(t, x) * self.net(x, t)
+        t_ = _per_example(t, x)
+        kept = x if self.form == "residual" else (1 - t_) * x
+        return kept + t_ * self.net(x, t)
 
 
 def legendre_basis(t: Tensor, size: int) -> tuple[Tensor, Tensor]:
