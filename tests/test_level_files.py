@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,37 @@ def test_image_folders_are_copied_a_part_at_a_time(tmp_path: Path) -> None:
     mapped = load_image_dataset("folder", tmp_path / "images", 8, cache=tmp_path / "cache")
     assert torch.equal(mapped.train, torch.from_numpy(whole.train))
     assert torch.equal(mapped.test_labels, torch.from_numpy(whole.test_labels))
+
+
+def test_concurrent_readers_make_one_copy(tmp_path: Path) -> None:
+    """Two readers of one dataset at once (as the processes of a node): the second waits
+    for the first's copy and maps it."""
+    images, labels = np.arange(32, dtype=np.uint8).reshape(2, 1, 4, 4), np.zeros(2, np.int64)
+    builds = []
+
+    def parts() -> tuple[list[LazyPart], list[LazyPart]]:
+        builds.append(1)
+        time.sleep(0.3)
+        return [LazyPart(2, lambda: (images, labels))], [LazyPart(2, lambda: (images, labels))]
+
+    source = tmp_path / "source"
+    source.mkdir()
+    results = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(
+                level_files("mnist", source, None, tmp_path / "cache", parts, lambda x: x)
+            )
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and len(results) == 2
+    assert all(torch.equal(r[0], torch.from_numpy(images)) for r in results)
+    assert len(_copies(tmp_path / "cache")) == 1
 
 
 def test_an_interrupted_copy_leaves_nothing_behind(tmp_path: Path) -> None:

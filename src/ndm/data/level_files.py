@@ -10,13 +10,12 @@ the drawn rows are read and the host never holds the whole set in its own memory
 ``key`` hashes the dataset's name, the resolution and the relative path, size and
 modification time of every source file, so a changed source gets a new copy. A copy is
 built in a temporary folder and renamed into place once complete, so an interrupted copy
-is never used; a file lock makes the processes of one machine wait for a single copy.
+is never used; a file lock (POSIX) makes the processes of one machine wait for a single copy.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -80,7 +79,13 @@ def _write_images(path: Path, parts: list[LazyPart], resize: Callable[[Tensor], 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the file ``path`` (created if absent)."""
+    """Hold an exclusive lock on the file ``path`` (created if absent); where ``fcntl`` is
+    missing (Windows), no lock: the rename still keeps a copy whole."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
