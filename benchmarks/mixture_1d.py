@@ -50,12 +50,16 @@ def _mean_and_stderr(values: list[float], digits: str = ".3f") -> str:
     return f"{statistics.mean(values):{digits}} ± {spread:{digits}}"
 
 
-def _gap(model: NDM, x: torch.Tensor, dtype: torch.dtype) -> tuple[float, float]:
-    """Mean and standard error over ``x [N, 1]`` of ``NELBO(x) + log p(x)``, nats, with
-    the NELBO computed in ``dtype``."""
+def _gap(model: NDM, x: torch.Tensor, draws: int) -> tuple[float, float]:
+    """Mean and standard error over ``x [N, 1]`` of ``NELBO(x) + log p(x)``, nats: the
+    NELBO in float32, averaged per point over ``draws`` noise draws from generators seeded
+    ``0 .. draws - 1``, the same for every model (so that gaps of models are paired)."""
     with torch.no_grad():
-        terms = model.nelbo(x.to(dtype), generator=torch.Generator().manual_seed(0))
-    gap = terms.total.double() + MIXTURE.log_prob(x)
+        nelbo = sum(
+            model.nelbo(x.float(), generator=torch.Generator().manual_seed(k)).total.double()
+            for k in range(draws)
+        )
+    gap = nelbo / draws + MIXTURE.log_prob(x)
     return gap.mean().item(), gap.std().item() / math.sqrt(gap.numel())
 
 
@@ -66,6 +70,7 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, nargs="+", default=[10, 1000])
     parser.add_argument("--n-train", type=int, default=50_000)
     parser.add_argument("--n-eval", type=int, default=4000)
+    parser.add_argument("--draws", type=int, default=8, help="noise draws per test point")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs") / "mixture-1d")
@@ -97,9 +102,10 @@ def main() -> None:
         f"{exact_nll.mean():.4f} ± {exact_nll.std() / math.sqrt(args.n_eval):.4f}. MLP "
         f"{args.hidden}x{args.depth} for x_theta (and F_phi), schedule {base.model.schedule}, "
         f"reverse variance {base.model.reverse_variance}, batch {base.train.batch_size}, lr "
-        f"{base.train.lr}. Gap: NELBO (all T terms) minus the exact NLL, nats, paired per test "
-        "point (± its standard error for the best DDPM, ± the standard error over seeds for "
-        "trained models); F: displacement E||F(x,t) - x||^2 / E||x||^2 at t = 0.5, 1, and the "
+        f"{base.train.lr}. Gap: NELBO (all T terms, float32, the mean of {args.draws} noise "
+        "draws per test point, the same draws for every model) minus the exact NLL, nats, "
+        "paired per test point (± its standard error over points for the best DDPM, ± the "
+        "standard error over seeds for trained models); F: displacement E||F(x,t) - x||^2 / E||x||^2 at t = 0.5, 1, and the "
         f"NELBO gap with F = x at evaluation. torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()}.",
         "",
@@ -118,14 +124,14 @@ def main() -> None:
                 )
                 run_dir = args.runs_dir / f"{transform}-T{num_steps}-seed{seed}"
                 model = trained_model(run_cfg, run_dir).eval()
-                gaps.append(_gap(model, test_x, torch.float32)[0])
+                gaps.append(_gap(model, test_x, args.draws)[0])
                 if transform == "learned":
                     x = test_x.float()
                     times = torch.tensor([0.5, 1.0])
                     moved.append(transform_displacement(model, x, times).tolist())
                     identity_gaps.append(identity_transform_gap(model, x)["gap"])
             if transform == "identity":
-                schedule = copy.deepcopy(model.process.schedule).double()
+                schedule = copy.deepcopy(model.process.schedule)
                 oracle = NDM(
                     NeuralDiffusion(schedule, IdentityTransform()),
                     MixtureOracle(schedule, MIXTURE),
@@ -133,7 +139,7 @@ def main() -> None:
                     num_steps,
                     decoder=model.decoder,
                 )
-                mean, stderr = _gap(oracle, test_x, torch.float64)
+                mean, stderr = _gap(oracle, test_x, args.draws)
                 lines.append(
                     f"| {num_steps} | best DDPM (exact posterior) | {mean:.3f} ± {stderr:.3f} "
                     "| | | |"
