@@ -154,10 +154,9 @@ def main() -> None:
                 f"| {num_steps} | {LABELS[transform]} | {_mean_and_stderr(gaps)} | "
                 f"{', '.join(f'{g:.3f}' for g in gaps)} | {f_moved} | {f_gap} |"
             )
-            report("\n".join(lines), None)
-    lines.append("")
-    lines.append(f"Total {time.perf_counter() - began:.0f} s.")
-    report("\n".join(lines), args.out)
+            # the table so far, rewritten after every row
+            report("\n".join(lines), args.out)
+    report("\n".join([*lines, "", f"Total {time.perf_counter() - began:.0f} s."]), args.out)
 
 
 if __name__ == "__main__":
