@@ -307,13 +307,12 @@ def read_imagenet(directory: Path, side: int) -> Split:
     Train: every ``train_data_batch_<k>.npz`` present (``k = 1..10`` for the full set),
     concatenated in increasing ``k``; test: ``val_data.npz``.
     """
-    train = [read_imagenet_npz(path, side) for path in _imagenet_train_files(directory)]
-    test, test_labels = read_imagenet_npz(directory / IMAGENET_TEST_FILE, side)
+    train_parts, (test_part,) = imagenet_parts(directory, side)
+    train = [part.read() for part in train_parts]
     return Split(
         np.concatenate([x for x, _ in train]),
         np.concatenate([y for _, y in train]),
-        test,
-        test_labels,
+        *test_part.read(),
     )
 
 
