@@ -15,7 +15,6 @@ bits/dim of the 8-bit data. Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from dataclasses import replace
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from ndm.checkpoint import atomic_write
 from ndm.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from ndm.data.loading import Splits, model_input
 from ndm.evaluation import evaluate, fid_features, sample_images, sample_quality
@@ -33,7 +31,7 @@ from ndm.model import NDM
 from ndm.training import load_data, load_run
 
 from report import report
-from runs import trained_model
+from runs import cached_row, trained_model
 
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
 PRESETS = {
@@ -107,19 +105,6 @@ def _row(
     return row
 
 
-def _cached_row(run_dir: Path, key: str, compute) -> dict:
-    """The row ``key`` of ``run_dir/benchmark_rows.json`` if it was measured before, else
-    ``compute()``, kept there (written atomically) so that a rerun or a run of other rows
-    reuses it. ``key`` names the grid and every setting the row depends on."""
-    path = run_dir / "benchmark_rows.json"
-    rows = json.loads(path.read_text()) if path.exists() else {}
-    if key not in rows:
-        rows[key] = compute()
-        text = json.dumps(rows, indent=1).encode()
-        atomic_write(path, lambda f: f.write(text))
-    return rows[key]
-
-
 def write_figures(runs_dir: Path, splits: Splits, out_dir: Path) -> None:
     """Figures of the ``T = 1000`` runs: ``F_phi(x, t)`` of test images (paper, Fig. 2b-c),
     ``x_theta(z_1, 1)`` of NDM above DDPM (Fig. 2d-e) and 10-step DDIM samples of each."""
@@ -168,10 +153,10 @@ def main() -> None:
             f"classifier_steps={args.classifier_steps},nll_max_steps={args.nll_max_steps}"
         )
         measure = partial(_row, model, cfg, splits, features)
-        own = _cached_row(run_dir, f"T={num_steps},{settings}", partial(measure, num_steps))
+        own = cached_row(run_dir, f"T={num_steps},{settings}", partial(measure, num_steps))
         rows.append((str(num_steps), label, own))
         if num_steps == 1000:
-            coarse = _cached_row(run_dir, f"T=10,{settings}", partial(measure, 10, own))
+            coarse = cached_row(run_dir, f"T=10,{settings}", partial(measure, 10, own))
             rows.append(("1000 → 10", label, coarse))
         # the table so far, rewritten after every model
         report(_table(args, rows, info, time.perf_counter() - began), args.out)

@@ -25,6 +25,7 @@ import platform
 import statistics
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ from ndm.process import NeuralDiffusion
 from ndm.transforms import IdentityTransform
 
 from report import report
-from runs import trained_model
+from runs import cached_row, trained_model
 
 MIXTURE = GaussianMixture([0.5, 0.5], [-2.0, 2.0], [0.4, 0.4])
 LABELS = {"identity": "DDPM (F = x)", "learned": "NDM (learned F)"}
@@ -61,6 +62,17 @@ def _gap(model: NDM, x: torch.Tensor, draws: int) -> tuple[float, float]:
         )
     gap = nelbo / draws + MIXTURE.log_prob(x)
     return gap.mean().item(), gap.std().item() / math.sqrt(gap.numel())
+
+
+def _measure(model: NDM, test_x: torch.Tensor, draws: int) -> dict:
+    """The gap of :func:`_gap`; for a learned ``F`` also its displacement at ``t = 0.5, 1``
+    and the NELBO gap with ``F = x`` at evaluation."""
+    row = {"gap": _gap(model, test_x, draws)[0]}
+    if not isinstance(model.process.transform, IdentityTransform):
+        x = test_x.float()
+        row["moved"] = transform_displacement(model, x, torch.tensor([0.5, 1.0])).tolist()
+        row["identity_gap"] = identity_transform_gap(model, x)["gap"]
+    return row
 
 
 def main() -> None:
@@ -124,12 +136,12 @@ def main() -> None:
                 )
                 run_dir = args.runs_dir / f"{transform}-T{num_steps}-seed{seed}"
                 model = trained_model(run_cfg, run_dir).eval()
-                gaps.append(_gap(model, test_x, args.draws)[0])
+                key = f"draws={args.draws},n_eval={args.n_eval}"
+                row = cached_row(run_dir, key, partial(_measure, model, test_x, args.draws))
+                gaps.append(row["gap"])
                 if transform == "learned":
-                    x = test_x.float()
-                    times = torch.tensor([0.5, 1.0])
-                    moved.append(transform_displacement(model, x, times).tolist())
-                    identity_gaps.append(identity_transform_gap(model, x)["gap"])
+                    moved.append(row["moved"])
+                    identity_gaps.append(row["identity_gap"])
             if transform == "identity":
                 schedule = copy.deepcopy(model.process.schedule)
                 oracle = NDM(

@@ -1,10 +1,13 @@
-"""Run folders of the benchmarks: a run is trained once, then reused."""
+"""Run folders of the benchmarks: a run is trained once, then reused, and so is each row
+measured on it."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
-from ndm.checkpoint import load_checkpoint
+from ndm.checkpoint import atomic_write, load_checkpoint
 from ndm.config import RunConfig
 from ndm.latent import LatentNDM
 from ndm.model import NDM
@@ -18,3 +21,16 @@ def trained_model(cfg: RunConfig, run_dir: Path) -> NDM | LatentNDM:
     if checkpoint.exists() and load_checkpoint(checkpoint)["step"] >= cfg.train.steps:
         return load_run(run_dir)[1]
     return train(cfg, run_dir, resume=checkpoint.exists())
+
+
+def cached_row(run_dir: Path, key: str, compute: Callable[[], dict]) -> dict:
+    """The row ``key`` of ``run_dir/benchmark_rows.json`` if it was measured before, else
+    ``compute()``, kept there (written atomically) so that a rerun or a run of other rows
+    reuses it. ``key`` names the grid and every setting the row depends on."""
+    path = run_dir / "benchmark_rows.json"
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    if key not in rows:
+        rows[key] = compute()
+        text = json.dumps(rows, indent=1).encode()
+        atomic_write(path, lambda f: f.write(text))
+    return rows[key]

@@ -15,6 +15,7 @@ from ndm.data.toy2d import (
     sample_toy2d,
     toy2d_splits,
 )
+from ndm.plots import grid_cells
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -127,3 +128,12 @@ def test_unknown_name_raises():
     for fn in (entropy, lambda s: log_density(s, torch.zeros(1, 2))):
         with pytest.raises(ValueError, match="nosuchdata"):
             fn("nosuchdata")
+
+
+def test_transform_figure_colours_checkerboard_points_by_their_square() -> None:
+    points = sample_toy2d("checkerboard", 4000, seed=0)
+    cells = grid_cells(points)
+    # the side-2 squares of [-4, 4]^2, numbered row by row from the lower left
+    column, row = ((points + 4) / 2).floor().long().clamp(0, 3).unbind(1)
+    assert torch.equal(cells, row * 4 + column)
+    assert cells.unique().numel() == 8  # the filled squares only

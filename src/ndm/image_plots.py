@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ndm.diagnostics import transform_displacement
 from ndm.model import NDM
 
 TIMES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -77,7 +78,8 @@ def plot_image_transform(
     model: NDM, images: Tensor, path: str | Path, times: Sequence[float] = TIMES
 ) -> None:
     """``F_phi(x, t)`` of each of ``images [N, C, H, W]`` (one row each) at each of ``times``
-    (one column each), all on one grey scale, shown by a colour bar."""
+    (one column each), all on one grey scale, shown by a colour bar; the title gives each
+    time's ``E||F(x, t) - x||^2 / E||x||^2``."""
     param = next(model.parameters())
     x = images.to(param.device, param.dtype)
     columns = [
@@ -87,7 +89,10 @@ def plot_image_transform(
     tiles = torch.stack(columns, 1).flatten(0, 1)
     low, high = float(tiles.min()), float(tiles.max())  # one scale for every tile
     scaled = 2 * (tiles - low) / max(high - low, 1e-8) - 1
-    title = "F(x, t), one row per image; t = " + ", ".join(f"{t:g}" for t in times)
+    moved = transform_displacement(model, x, torch.tensor(times)).tolist()
+    title = "F(x, t), one row per image; t (moved) = " + ", ".join(
+        f"{t:g} ({r:.2g})" for t, r in zip(times, moved, strict=True)
+    )
     _show(image_grid(scaled, len(times), pad=1), path, title, scale=(low, high))
 
 

@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ndm.diagnostics import transform_displacement
 from ndm.model import NDM
 
 POINT = {"s": 1.0, "alpha": 0.5, "linewidths": 0}
@@ -52,6 +53,16 @@ def plot_samples(samples: Tensor, data: Tensor, path: str | Path, caption: str =
     _save(fig, path)
 
 
+def grid_cells(points: Tensor, per_axis: int = 4) -> Tensor:
+    """``[N]``: the cell of each of ``points [N, 2]`` in a ``per_axis x per_axis`` grid over
+    their range rounded out to integers (for the checkerboard, its side-2 squares), numbered
+    row by row."""
+    low, high = points.min(0).values.floor(), points.max(0).values.ceil()
+    ij = ((points - low) / (high - low).clamp_min(1e-12) * per_axis).floor()
+    ij = ij.clamp(0, per_axis - 1).long()
+    return ij[:, 1] * per_axis + ij[:, 0]
+
+
 @torch.no_grad()
 def plot_transform(
     model: NDM,
@@ -59,18 +70,24 @@ def plot_transform(
     path: str | Path,
     times: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
 ) -> None:
-    """``F_phi(x, t)`` of data points ``x`` [N, 2] at each of ``times``, one panel each,
-    coloured by the first coordinate of ``x`` to show where each point goes."""
+    """``F_phi(x, t)`` of data points ``x`` [N, 2] at each of ``times``, one panel each (as
+    the paper's Figure 2a), each point coloured by the cell of ``x`` in a 4 x 4 grid over
+    the data to show where it goes; titles give ``E||F(x, t) - x||^2 / E||x||^2``."""
     param = next(model.parameters())
     x = data.to(device=param.device, dtype=param.dtype)
     images = [model.process.transform.value(x, torch.full_like(x[:, 0], t)).cpu() for t in times]
+    moved = transform_displacement(model, x, torch.tensor(times)).tolist()
+    cells = grid_cells(data.detach().float().cpu())
     limits = _limits(*images)
     fig = Figure(figsize=(3.2 * len(times) + 1, 3.4))
     axes = fig.subplots(1, len(times), squeeze=False)[0]
-    for ax, image, t in zip(axes, images, times, strict=True):
-        shown = ax.scatter(image[:, 0], image[:, 1], c=data[:, 0].cpu(), cmap="viridis", **POINT)
-        _style(ax, f"F(x, t={t:g})", limits)
-    fig.colorbar(shown, ax=list(axes), fraction=0.02, label="first coordinate of x")
+    for ax, image, t, r in zip(axes, images, times, moved, strict=True):
+        shown = ax.scatter(
+            image[:, 0], image[:, 1], c=cells, cmap="tab20", vmin=-0.5, vmax=15.5, **POINT
+        )
+        _style(ax, f"F(x, t={t:g}), moved {r:.2g}", limits)
+    fig.colorbar(shown, ax=list(axes), fraction=0.02, ticks=range(0, 16, 3),
+                 label="cell of x (4 x 4 grid)")  # fmt: skip
     _save(fig, path)
 
 
