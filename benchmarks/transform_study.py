@@ -12,7 +12,9 @@ Every variant is trained with each of ``--seeds`` seeds on the same data and bud
   E||x||^2`` at ``t = 0.25, 0.5, 0.75, 1`` and the NELBO gap when ``F`` is replaced by the
   identity at evaluation (positive: the predictor relies on ``F``);
 * the median over training of ``grad_norm_phi / grad_norm_theta`` (the gradient's share
-  that reaches ``F``) and the median seconds per training step.
+  that reaches ``F``), the signal-to-noise ratio of the trained model's gradient over
+  ``phi`` and over ``theta`` (:func:`ndm.diagnostics.gradient_signal_to_noise`) and the
+  median seconds per training step.
 
 "Longer" runs continue the default NDM and DDPM runs to twice the steps (the learning rate is
 constant after warm-up, so this is the same as training that long). Each run and each row is
@@ -42,7 +44,11 @@ import torch
 from ndm.config import RunConfig, config_from_dict
 from ndm.data.images import dequantise
 from ndm.data.loading import Splits, model_input
-from ndm.diagnostics import identity_transform_gap, transform_displacement
+from ndm.diagnostics import (
+    gradient_signal_to_noise,
+    identity_transform_gap,
+    transform_displacement,
+)
 from ndm.evaluation import evaluate
 from ndm.image_plots import plot_image_transform, plot_predictions_from_noise
 from ndm.model import NDM
@@ -67,6 +73,7 @@ VARIANTS = {
     "phi-lr": ("NDM, lr of phi x 3", {}, {"transform_lr": 3.0}),
 }
 LONGER = ("ddpm", "ndm")
+SNR_BATCHES = 32
 
 
 def base_config(dataset: str, steps: int) -> RunConfig:
@@ -135,7 +142,21 @@ def run_row(base: RunConfig, splits: Splits, runs_dir: Path, name: str, seed: in
             shutil.copytree(shorter, run_dir, ignore=shutil.ignore_patterns("benchmark_rows*"))
     model = trained_model(cfg, run_dir).eval()
     key = f"steps={cfg.train.steps},n_eval={cfg.eval.n_eval}"
-    return cached_row(run_dir, key, partial(measure, model, cfg, splits, run_dir))
+    row = cached_row(run_dir, key, partial(measure, model, cfg, splits, run_dir))
+    snr_key = f"steps={cfg.train.steps},snr_batches={SNR_BATCHES}"
+    return row | cached_row(run_dir, snr_key, partial(gradient_snr, model, cfg, splits))
+
+
+def gradient_snr(model: NDM, cfg: RunConfig, splits: Splits) -> dict:
+    """:func:`ndm.diagnostics.gradient_signal_to_noise` of the trained model on
+    ``SNR_BATCHES`` training minibatches of the run's size, as training draws them."""
+    generator = torch.Generator().manual_seed(2)
+    index = torch.randperm(splits.train.shape[0], generator=generator)
+    batches = [
+        model_input(splits.train[part], splits, generator, augment=True)
+        for part in index[: SNR_BATCHES * cfg.train.batch_size].split(cfg.train.batch_size)
+    ]
+    return gradient_signal_to_noise(model, batches)
 
 
 def _mean_and_stderr(values: list[float], digits: str = ".3f") -> str:
@@ -154,9 +175,11 @@ def table_row(dataset: str, regime: str, label: str, rows: list[dict], ddpm: lis
             " / ".join(f"{value:.2g}" for value in moved),
             _mean_and_stderr([row["identity_gap"] for row in rows]),
             f"{statistics.mean(row['grad_ratio'] for row in rows):.2f}",
+            f"{statistics.mean(row['snr_phi'] for row in rows):.2f}",
         ]
     else:
-        cells += ["", "", ""]
+        cells += ["", "", "", ""]
+    cells.append(f"{statistics.mean(row['snr_theta'] for row in rows):.2f}")
     cells.append(f"{statistics.mean(row['step_seconds'] for row in rows):.3f}")
     return "| " + " | ".join(cells) + " |"
 
@@ -218,12 +241,14 @@ def main() -> None:
         "to DDPM of the same seed and steps; F moved: E||F(x,t) - x||^2 / E||x||^2 at t = "
         f"{', '.join(map(str, TIMES))}; F = x: the NELBO with F replaced by the identity at "
         "evaluation minus the model's; |∇φ|/|∇θ|: the median over training of the gradient "
-        f"norms' ratio; s/step: median seconds per step. torch {torch.__version__}, "
+        f"norms' ratio; SNR: ||E g|| / sqrt(E||g - E g||^2) of the trained model's loss "
+        f"gradient over φ and θ, from {SNR_BATCHES} training minibatches (below 1: a step is "
+        f"mostly noise); s/step: median seconds per step. torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()}.",
         "",
         "| data | regime | variant | NELBO | − DDPM | F moved | NELBO(F = x) − NELBO | "
-        "|∇φ|/|∇θ| | s/step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|∇φ|/|∇θ| | SNR φ | SNR θ | s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     bases = {
         dataset: base_config(dataset, args.image_steps if dataset == "digits" else args.steps)

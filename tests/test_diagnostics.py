@@ -116,3 +116,37 @@ def test_a_separate_learning_rate_for_phi(tmp_path: Path) -> None:
     assert len(groups[1]["params"]) == n_phi
     assert all(torch.equal(single["model"][k], same["model"][k]) for k in single["model"])
     assert not all(torch.equal(single["model"][k], faster["model"][k]) for k in single["model"])
+
+
+# --- the gradient's signal against its minibatch noise ------------------------------------
+
+
+def test_signal_to_noise_of_known_gradients() -> None:
+    from ndm.diagnostics import signal_to_noise
+
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.zeros(40).index_fill_(0, torch.tensor([0]), 3.0)
+    noise = 0.5 * torch.randn(4000, 40, generator=generator)
+    # ||m|| / sqrt(E||noise||^2) = 3 / (0.5 sqrt(40))
+    assert signal_to_noise(mean + noise) == pytest.approx(3 / (0.5 * 40**0.5), rel=0.03)
+    assert signal_to_noise(noise) < 0.02
+    assert signal_to_noise(mean.expand(3, 40)) == float("inf")
+    with pytest.raises(ValueError, match="K >= 2"):
+        signal_to_noise(mean[None])
+
+
+def test_gradient_snr_grows_as_the_root_of_the_batch_size() -> None:
+    from ndm.builders import build_model
+    from ndm.diagnostics import gradient_signal_to_noise
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(hidden=32, depth=2, transform_init_scale=1.0), (2,))
+    x = sample_data(16 * 256, seed=4).float()
+    small = gradient_signal_to_noise(model, x[: 32 * 16].split(16))
+    large = gradient_signal_to_noise(model, x.split(256))
+    assert set(small) == {"snr_phi", "snr_theta"}
+    # the noise of a minibatch mean falls as 1 / sqrt(B): 16 times the batch, 4 times the SNR
+    for key in small:
+        assert 2.5 < large[key] / small[key] < 6.5, (key, small[key], large[key])
+    identity = build_model(ModelConfig(hidden=32, depth=2, transform="identity"), (2,))
+    assert set(gradient_signal_to_noise(identity, x[:64].split(32))) == {"snr_theta"}

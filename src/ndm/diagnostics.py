@@ -8,6 +8,10 @@ the bound.
   evaluation, per example and with the same noise. A positive gap says that the predictor
   relies on ``F``; a gap near 0 says that ``F`` is not used.
 
+* :func:`gradient_signal_to_noise`: how much of the loss gradient over ``phi`` (and over
+  ``theta``) is a direction shared by minibatches rather than noise. A small ratio makes
+  Adam's steps a random walk that leaves ``F`` where it started.
+
 The share of the loss gradient that reaches ``phi`` during training is logged by the
 training loop itself (``grad_norm_phi`` and ``grad_norm_theta`` of ``metrics.jsonl``).
 """
@@ -15,6 +19,7 @@ training loop itself (``grad_norm_phi`` and ``grad_norm_theta`` of ``metrics.jso
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -75,3 +80,46 @@ def identity_transform_gap(model: NDM, x: Tensor, seed: int = 0, **nelbo: object
         "gap": difference.mean().item(),
         "gap_stderr": spread / math.sqrt(difference.numel()),
     }
+
+
+def signal_to_noise(gradients: Tensor) -> float:
+    """``||E g|| / sqrt(E||g - E g||^2)`` from ``gradients [K, P]`` of ``K >= 2`` independent
+    minibatches: the per-minibatch noise ``n^2 = sum_k ||g_k - mean||^2 / (K - 1)`` and the
+    squared norm of the mean less the noise's share, ``max(||mean||^2 - n^2 / K, 0)``
+    (unbiased); ``inf`` without noise."""
+    if gradients.dim() != 2 or gradients.shape[0] < 2:
+        raise ValueError(f"need gradients [K >= 2, P], got shape {list(gradients.shape)}")
+    k = gradients.shape[0]
+    mean = gradients.double().mean(0)
+    noise = (gradients.double() - mean).square().sum().item() / (k - 1)
+    if noise == 0:
+        return math.inf
+    return math.sqrt(max(mean.square().sum().item() - noise / k, 0.0) / noise)
+
+
+def gradient_signal_to_noise(model: NDM, batches: Sequence[Tensor], seed: int = 0) -> dict:
+    """:func:`signal_to_noise` of the training loss's gradient (the batch mean of
+    :meth:`NDM.loss`, noise from generators seeded ``seed + k`` for batch ``k``) over the
+    transform's parameters (``snr_phi``, absent when it has none) and over all others
+    (``snr_theta``), from ``batches``, each ``[B, ...]``."""
+    phi = [p for p in model.process.transform.parameters() if p.requires_grad]
+    in_phi = {id(p) for p in phi}
+    theta = [p for p in model.parameters() if p.requires_grad and id(p) not in in_phi]
+    groups = {"phi": phi, "theta": theta}
+    groups = {name: params for name, params in groups.items() if params}
+    params = [p for group in groups.values() for p in group]
+    rows: dict[str, list[Tensor]] = {name: [] for name in groups}
+    for k, x in enumerate(batches):
+        generator = torch.Generator(x.device).manual_seed(seed + k)
+        loss = model.loss(x, generator).mean()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        flat = torch.cat([
+            (torch.zeros_like(p) if g is None else g).reshape(-1)
+            for p, g in zip(params, grads, strict=True)
+        ])  # fmt: skip
+        start = 0
+        for name, group in groups.items():
+            size = sum(p.numel() for p in group)
+            rows[name].append(flat[start : start + size])
+            start += size
+    return {f"snr_{name}": signal_to_noise(torch.stack(values)) for name, values in rows.items()}
