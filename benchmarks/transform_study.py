@@ -1,6 +1,6 @@
 """Ablations of the learned transform ``F_phi``: its form, its initialisation, its learning
-rate and the training length, against DDPM, on the checkerboard and the built-in digits, in
-discrete time (``T = 10``) and in continuous time.
+rate, the frequencies of its time embedding and the training length, against DDPM, on the
+checkerboard and the built-in digits, in discrete time (``T = 10``) and in continuous time.
 
 Every variant is trained with each of ``--seeds`` seeds on the same data and budget. Per row:
 
@@ -13,8 +13,8 @@ Every variant is trained with each of ``--seeds`` seeds on the same data and bud
   identity at evaluation (positive: the predictor relies on ``F``);
 * the median over training of ``grad_norm_phi / grad_norm_theta`` (the gradient's share
   that reaches ``F``), the signal-to-noise ratio of the trained model's gradient over
-  ``phi`` and over ``theta`` (:func:`ndm.diagnostics.gradient_signal_to_noise`) and the
-  median seconds per training step.
+  ``phi`` and over ``theta`` (:func:`ndm.diagnostics.gradient_signal_to_noise`). Step
+  times are measured apart, by ``benchmarks/step_time.py``.
 
 "Longer" runs continue the default NDM and DDPM runs to twice the steps (the learning rate is
 constant after warm-up, so this is the same as training that long). Each run and each row is
@@ -71,6 +71,11 @@ VARIANTS = {
     "interpolation": ("NDM, F = (1 - t) x + t NN", {"transform_form": "interpolation"}, {}),
     "random-init": ("NDM, NN's output at PyTorch's init", {"transform_init_scale": 1.0}, {}),
     "phi-lr": ("NDM, lr of phi x 3", {}, {"transform_lr": 3.0}),
+    "slow-time": (
+        "NDM, F's time embedding at 10 t, not 1000 t",
+        {"transform_time_scale": 10.0},
+        {},
+    ),
 }
 LONGER = ("ddpm", "ndm")
 SNR_BATCHES = 32
@@ -113,10 +118,7 @@ def measure(model: NDM, cfg: RunConfig, splits: Splits, run_dir: Path) -> dict:
         per_nats = 1.0 / (math.prod(splits.shape) * math.log(2))
         test = dequantise(test, splits.num_levels, torch.Generator().manual_seed(1))
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    row = {
-        "nelbo": metrics["nelbo_bpd" if splits.is_image else "nelbo"],
-        "step_seconds": statistics.median(line["seconds_per_step"] for line in lines),
-    }
+    row = {"nelbo": metrics["nelbo_bpd" if splits.is_image else "nelbo"]}
     if cfg.model.transform == "learned":
         row["moved"] = transform_displacement(model, test, torch.tensor(TIMES)).tolist()
         gap = identity_transform_gap(model, test, num_time_samples=cfg.eval.nelbo_time_samples)
@@ -180,7 +182,6 @@ def table_row(dataset: str, regime: str, label: str, rows: list[dict], ddpm: lis
     else:
         cells += ["", "", "", ""]
     cells.append(f"{statistics.mean(row['snr_theta'] for row in rows):.2f}")
-    cells.append(f"{statistics.mean(row['step_seconds'] for row in rows):.3f}")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -224,6 +225,7 @@ def main() -> None:
         help="regimes of the digits (continuous time: the jvp through the U-Net makes a step "
         "cost 1 s on 2 CPU cores)",
     )
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--steps", type=int, default=400, help="training steps of a run")
     parser.add_argument("--image-steps", type=int, default=300, help="the same for the digits")
     parser.add_argument("--seeds", type=int, default=3)
@@ -243,12 +245,12 @@ def main() -> None:
         "evaluation minus the model's; |∇φ|/|∇θ|: the median over training of the gradient "
         f"norms' ratio; SNR: ||E g|| / sqrt(E||g - E g||^2) of the trained model's loss "
         f"gradient over φ and θ, from {SNR_BATCHES} training minibatches (below 1: a step is "
-        f"mostly noise); s/step: median seconds per step. torch {torch.__version__}, "
+        f"mostly noise). Step times: benchmarks/step_time.py. torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()}.",
         "",
         "| data | regime | variant | NELBO | − DDPM | F moved | NELBO(F = x) − NELBO | "
-        "|∇φ|/|∇θ| | SNR φ | SNR θ | s/step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|∇φ|/|∇θ| | SNR φ | SNR θ |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     bases = {
         dataset: base_config(dataset, args.image_steps if dataset == "digits" else args.steps)
@@ -258,8 +260,10 @@ def main() -> None:
         splits = load_data(base.data)
         runs_dir = args.runs_dir / dataset
         for regime in args.image_regimes if dataset == "digits" else args.regimes:
-            named = [(v, VARIANTS[v][0], False) for v in VARIANTS]
-            named += [(v, f"{VARIANTS[v][0].split(',')[0]}, longer", True) for v in LONGER]
+            variants = ["ddpm", *(v for v in args.variants if v != "ddpm")]  # ddpm: the reference
+            named = [(v, VARIANTS[v][0], False) for v in variants]
+            named += [(v, f"{VARIANTS[v][0].split(',')[0]}, longer", True)
+                      for v in LONGER if v in variants]  # fmt: skip
             measured = {}
             for variant, label, longer in named:
                 rows = [
@@ -269,7 +273,7 @@ def main() -> None:
                 measured[variant, longer] = rows
                 lines.append(table_row(dataset, regime, label, rows, measured["ddpm", longer]))
                 report("\n".join(lines), args.out)  # the table so far, after every row
-    if args.out is not None:
+    if args.out is not None and "ndm" in args.variants:
         write_figures(bases, args.runs_dir, args.out.parent)
     report("\n".join([*lines, "", f"Total {time.perf_counter() - began:.0f} s."]), args.out)
 

@@ -249,3 +249,27 @@ def test_a_diffusers_unet_with_attention_works_as_the_transform(derivative):
     torch.testing.assert_close(d_dt, fd, atol=0.05, rtol=0.05)  # a float32 finite difference
     assert float(fd.detach().abs().mean()) > 0.1  # a derivative worth checking
     d_dt.square().sum().backward()
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
+def test_transform_time_scale_slows_the_time_embedding_of_f(shape: tuple[int, ...]) -> None:
+    from ndm.builders import build_transform
+    from ndm.config import ModelConfig
+
+    def transform(time_scale: float) -> LearnedTransform:
+        torch.manual_seed(0)  # the same weights for each scale
+        cfg = ModelConfig(hidden=16, depth=2, transform_init_scale=1.0,
+                          transform_time_scale=time_scale)  # fmt: skip
+        return build_transform(cfg, shape).double()
+
+    fast, slow = transform(1000.0), transform(10.0)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(6, *shape, dtype=torch.float64, generator=generator)
+    t = torch.rand(6, dtype=torch.float64, generator=generator)
+    # the embedding of t at scale 10 is the one of t / 100 at scale 1000
+    torch.testing.assert_close(slow.net(x, t), fast.net(x, t / 100))
+    if len(shape) == 1:  # dF/dt - NN = t dNN/dt, where the fast embedding's frequencies reach 1000
+        slow_rate, fast_rate = (f(x, t)[1] - f.net(x, t) for f in (slow, fast))
+        assert slow_rate.norm() * 10 < fast_rate.norm()
+    with pytest.raises(ValueError, match="transform_time_scale"):
+        ModelConfig(transform="identity", transform_time_scale=10.0)

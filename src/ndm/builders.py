@@ -39,10 +39,14 @@ def architecture_for(cfg: ModelConfig, shape: tuple[int, ...]) -> str:
 
 
 def build_network(
-    cfg: ModelConfig, shape: tuple[int, ...], zero_init_output: bool, outputs: int = 1
+    cfg: ModelConfig,
+    shape: tuple[int, ...],
+    zero_init_output: bool,
+    outputs: int = 1,
+    time_scale: float = 1000.0,
 ) -> nn.Module:
     """``net(x [B, *shape], t [B]) -> [B, outputs * shape[0], *shape[1:]]``: a ``TimeMLP`` or
-    a U-Net preset."""
+    a U-Net preset, whose sinusoidal time embedding sees ``time_scale * t``."""
     name = architecture_for(cfg, shape)
     if name == "mlp":
         if len(shape) != 1:
@@ -53,10 +57,11 @@ def build_network(
             cfg.depth,
             zero_init_output=zero_init_output,
             out_dim=outputs * shape[0],
+            time_scale=time_scale,
         )
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ValueError(f"a U-Net takes square images [B, C, H, H], not examples of shape {shape}")
-    return build_unet(name, shape[0], shape[2], zero_init_output, outputs * shape[0])
+    return build_unet(name, shape[0], shape[2], zero_init_output, outputs * shape[0], time_scale)
 
 
 def _scaled_output_layer(network: nn.Module, scale: float) -> nn.Module:
@@ -76,7 +81,9 @@ def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
     blurring transform of soft / blurring diffusion."""
     if cfg.transform == "learned":
         scale = cfg.transform_init_scale
-        network = build_network(cfg, shape, zero_init_output=scale == 0)
+        network = build_network(
+            cfg, shape, zero_init_output=scale == 0, time_scale=cfg.transform_time_scale
+        )
         if scale:
             network = _scaled_output_layer(network, scale)
         return LearnedTransform(network, cfg.transform_derivative, cfg.transform_form)

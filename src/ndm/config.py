@@ -106,6 +106,12 @@ class ModelConfig(_Section):
         "learned F: NN's output layer at init, PyTorch's default init times this (0: zeros)",
         check=NON_NEGATIVE,
     )
+    transform_time_scale: float = _option(
+        1000.0,
+        "learned F: its network's sinusoidal time embedding sees this times t (1000: the "
+        "predictor's; a small value makes F, and dF/dt, smooth in t)",
+        check=POSITIVE,
+    )
     transform_basis: int = _option(
         4,
         "Legendre polynomials in t of the separable transform F = x + t sum_k P_k(2t-1) G_k(x)",
@@ -163,7 +169,11 @@ class ModelConfig(_Section):
                 f"reverse_variance 'learned' is trained by the discrete objective; objective "
                 f"{self.objective!r} leaves it untrained: use 'auto' or 'posterior'"
             )
-        learned_only = {"transform_form": "residual", "transform_init_scale": 0.0}
+        learned_only = {
+            "transform_form": "residual",
+            "transform_init_scale": 0.0,
+            "transform_time_scale": 1000.0,
+        }
         given = [name for name, default in learned_only.items() if getattr(self, name) != default]
         if given and self.transform != "learned":
             raise ValueError(f"{given} shape a learned transform; transform is {self.transform!r}")

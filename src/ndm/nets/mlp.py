@@ -48,7 +48,8 @@ class TimeMLP(nn.Module):
     """Residual MLP ``f(x, t)`` with ``x`` [B, dim], ``t`` [B] in [0, 1] -> [B, out_dim]
     (``out_dim = dim`` unless given).
 
-    ``t`` is embedded with :func:`sinusoidal_embedding` followed by a two-layer SiLU MLP;
+    ``t`` is embedded with :func:`sinusoidal_embedding` (at ``time_scale * t``) followed by
+    a two-layer SiLU MLP;
     the embedding conditions every one of the ``depth`` residual blocks. The map is
     smooth in ``t`` and each output row depends only on the matching input row.
     ``zero_init_output=True`` zeroes the final layer so the output starts at exactly 0.
@@ -62,10 +63,12 @@ class TimeMLP(nn.Module):
         time_embed_dim: int = 64,
         zero_init_output: bool = False,
         out_dim: int | None = None,
+        time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
         self.dim = dim
         self.time_embed_dim = time_embed_dim
+        self.time_scale = time_scale
         self.time_mlp = nn.Sequential(
             nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
         )
@@ -81,7 +84,7 @@ class TimeMLP(nn.Module):
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         t = t.to(x.dtype)
-        temb = self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim))
+        temb = self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim, self.time_scale))
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, temb)

@@ -160,12 +160,13 @@ class UNet(nn.Module):
         config: UNetConfig,
         zero_init_output: bool = False,
         out_channels: int | None = None,
+        time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
         cfg = config
         ch, groups = cfg.channels, cfg.groups
         temb = 4 * ch
-        self.channels = ch
+        self.channels, self.time_scale = ch, time_scale
         self.time_mlp = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.inp = nn.Conv2d(in_channels, ch, 3, padding=1)
 
@@ -220,7 +221,7 @@ class UNet(nn.Module):
         """``x`` [B, C, H, W], ``t`` [B] or scalar -> [B, C_out, H, W]."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        temb = self.time_mlp(sinusoidal_embedding(t.to(x.dtype), self.channels))
+        temb = self.time_mlp(sinusoidal_embedding(t.to(x.dtype), self.channels, self.time_scale))
         h = self.inp(x)
         hs = [h]
         for level in self.down:
@@ -247,9 +248,12 @@ def build_unet(
     image_size: int,
     zero_init_output: bool = False,
     out_channels: int | None = None,
+    time_scale: float = 1000.0,
 ) -> UNet:
     """The U-Net of ``UNET_PRESETS[preset]`` for ``in_channels``-channel square images,
-    with ``out_channels`` outputs (default ``in_channels``)."""
+    with ``out_channels`` outputs (default ``in_channels``), its time embedding at
+    ``time_scale * t``."""
     if preset not in UNET_PRESETS:
         raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(UNET_PRESETS)}")
-    return UNet(in_channels, image_size, UNET_PRESETS[preset], zero_init_output, out_channels)
+    config = UNET_PRESETS[preset]
+    return UNet(in_channels, image_size, config, zero_init_output, out_channels, time_scale)
