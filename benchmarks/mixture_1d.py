@@ -22,7 +22,6 @@ import argparse
 import copy
 import math
 import platform
-import statistics
 import time
 from dataclasses import replace
 from functools import partial
@@ -39,16 +38,11 @@ from ndm.model import NDM
 from ndm.process import NeuralDiffusion
 from ndm.transforms import IdentityTransform
 
-from report import report
+from report import mean_and_stderr, report
 from runs import cached_row, trained_model
 
 MIXTURE = GaussianMixture([0.5, 0.5], [-2.0, 2.0], [0.4, 0.4])
 LABELS = {"identity": "DDPM (F = x)", "learned": "NDM (learned F)"}
-
-
-def _mean_and_stderr(values: list[float], digits: str = ".3f") -> str:
-    spread = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
-    return f"{statistics.mean(values):{digits}} ± {spread:{digits}}"
 
 
 def _gap(model: NDM, x: torch.Tensor, draws: int) -> tuple[float, float]:
@@ -157,13 +151,13 @@ def main() -> None:
                     "| | | |"
                 )
             f_moved = (
-                " / ".join(_mean_and_stderr([m[k] for m in moved], ".2e") for k in range(2))
+                " / ".join(mean_and_stderr([m[k] for m in moved], ".2e") for k in range(2))
                 if moved
                 else ""
             )
-            f_gap = _mean_and_stderr(identity_gaps) if identity_gaps else ""
+            f_gap = mean_and_stderr(identity_gaps) if identity_gaps else ""
             lines.append(
-                f"| {num_steps} | {LABELS[transform]} | {_mean_and_stderr(gaps)} | "
+                f"| {num_steps} | {LABELS[transform]} | {mean_and_stderr(gaps)} | "
                 f"{', '.join(f'{g:.3f}' for g in gaps)} | {f_moved} | {f_gap} |"
             )
             # the table so far, rewritten after every row

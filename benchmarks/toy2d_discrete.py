@@ -13,9 +13,7 @@ the mean over seeds ± the standard error over seeds; the per-seed values follow
 from __future__ import annotations
 
 import argparse
-import math
 import platform
-import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,15 +24,10 @@ from ndm.config import RunConfig
 from ndm.evaluation import evaluate
 from ndm.training import load_data
 
-from report import report
+from report import mean_and_stderr, report
 from runs import trained_model
 
 LABELS = {"learned": "NDM (learned F)", "identity": "DDPM (F = x)"}
-
-
-def _mean_and_stderr(values: list[float]) -> str:
-    spread = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
-    return f"{statistics.mean(values):.3f} ± {spread:.3f}"
 
 
 def main() -> None:
@@ -92,8 +85,8 @@ def main() -> None:
     for (num_steps, transform), runs in results.items():
         nelbos, nlls = [r["nelbo"] for r in runs], [r["nll"] for r in runs]
         lines.append(
-            f"| {num_steps} | {LABELS[transform]} | {_mean_and_stderr(nelbos)} | "
-            f"{_mean_and_stderr(nlls)} | {', '.join(f'{v:.3f}' for v in nelbos)} | "
+            f"| {num_steps} | {LABELS[transform]} | {mean_and_stderr(nelbos)} | "
+            f"{mean_and_stderr(nlls)} | {', '.join(f'{v:.3f}' for v in nelbos)} | "
             f"{', '.join(f'{v:.3f}' for v in nlls)} |"
         )
     report("\n".join(lines), args.out)

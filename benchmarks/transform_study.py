@@ -16,8 +16,9 @@ Every variant is trained with each of ``--seeds`` seeds on the same data and bud
   ``phi`` and over ``theta`` (:func:`ndm.diagnostics.gradient_signal_to_noise`). Step
   times are measured apart, by ``benchmarks/step_time.py``.
 
-"Longer" runs continue the default NDM and DDPM runs to twice the steps (the learning rate is
-constant after warm-up, so this is the same as training that long). Each run and each row is
+"Longer" runs continue copies of the default NDM and DDPM runs to twice the steps (the
+learning rate is constant after warm-up, so only the order of random draws differs from
+training that long at once). Each run and each row is
 kept in ``--runs-dir`` and reused by a rerun. The controlled case with a known answer is
 ``benchmarks/mixture_1d.py``. Usage::
 
@@ -55,7 +56,7 @@ from ndm.model import NDM
 from ndm.plots import plot_transform
 from ndm.training import load_data, load_run
 
-from report import report
+from report import mean_and_stderr, report
 from runs import cached_row, trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,9 +118,10 @@ def measure(model: NDM, cfg: RunConfig, splits: Splits, run_dir: Path) -> dict:
     if splits.is_image:
         per_nats = 1.0 / (math.prod(splits.shape) * math.log(2))
         test = dequantise(test, splits.num_levels, torch.Generator().manual_seed(1))
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     row = {"nelbo": metrics["nelbo_bpd" if splits.is_image else "nelbo"]}
     if cfg.model.transform == "learned":
+        log = (run_dir / "metrics.jsonl").read_text().splitlines()
+        lines = [json.loads(line) for line in log]
         row["moved"] = transform_displacement(model, test, torch.tensor(TIMES)).tolist()
         gap = identity_transform_gap(model, test, num_time_samples=cfg.eval.nelbo_time_samples)
         row["identity_gap"] = gap["gap"] * per_nats
@@ -161,21 +163,16 @@ def gradient_snr(model: NDM, cfg: RunConfig, splits: Splits) -> dict:
     return gradient_signal_to_noise(model, batches)
 
 
-def _mean_and_stderr(values: list[float], digits: str = ".3f") -> str:
-    spread = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
-    return f"{statistics.mean(values):{digits}} ± {spread:{digits}}"
-
-
 def table_row(dataset: str, regime: str, label: str, rows: list[dict], ddpm: list[dict]) -> str:
     nelbo = [row["nelbo"] for row in rows]
     versus = [row["nelbo"] - reference["nelbo"] for row, reference in zip(rows, ddpm, strict=True)]
-    paired = "" if rows is ddpm else _mean_and_stderr(versus)
-    cells = [dataset, regime, label, _mean_and_stderr(nelbo), paired]
+    paired = "" if rows is ddpm else mean_and_stderr(versus)
+    cells = [dataset, regime, label, mean_and_stderr(nelbo), paired]
     if "moved" in rows[0]:
         moved = [statistics.mean(row["moved"][k] for row in rows) for k in range(len(TIMES))]
         cells += [
             " / ".join(f"{value:.2g}" for value in moved),
-            _mean_and_stderr([row["identity_gap"] for row in rows]),
+            mean_and_stderr([row["identity_gap"] for row in rows]),
             f"{statistics.mean(row['grad_ratio'] for row in rows):.2f}",
             f"{statistics.mean(row['snr_phi'] for row in rows):.2f}",
         ]
