@@ -15,6 +15,7 @@ bits/dim of the 8-bit data. Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import time
 from dataclasses import replace
@@ -91,7 +92,8 @@ def _row(
 ) -> dict:
     """NLL (taken from ``nll``, the row of the training grid, when given: the ODE does not
     depend on the grid), NELBO on a ``steps``-step grid and FID / FID* with ``steps``
-    sampler steps."""
+    sampler steps; ``seconds``: how long it took."""
+    began = time.perf_counter()
     likelihood_model = model if steps == model.num_steps else model.with_num_steps(steps)
     eval_cfg = cfg.eval
     row = evaluate(likelihood_model, splits, eval_cfg, with_nll=nll is None)
@@ -102,7 +104,7 @@ def _row(
             model, splits, replace(eval_cfg, fid_sampler=sampler), features, steps
         )
         row[key] = quality["fid"]
-    return row
+    return row | {"seconds": time.perf_counter() - began}
 
 
 def write_figures(runs_dir: Path, splits: Splits, out_dir: Path) -> None:
@@ -141,13 +143,15 @@ def main() -> None:
     cfg0 = _config(args, "identity", 10)
     splits = load_data(cfg0.data)
     features, info = fid_features(splits, cfg0.eval)
-    rows = []
+    rows, train_seconds = [], 0.0
     for row in args.rows:
         name, num_steps = row.split(":")[0], int(row.split(":")[1])
         label, transform, paper = MODELS[name]
         cfg = _config(args, transform, num_steps, paper)
         run_dir = args.runs_dir / f"{transform}{'-paper' if paper else ''}-T{num_steps}"
+        start = time.perf_counter()
         model = trained_model(cfg, run_dir).eval()
+        train_seconds += time.perf_counter() - start
         settings = (
             f"n_eval={args.n_eval},fid_samples={args.fid_samples},"
             f"classifier_steps={args.classifier_steps},nll_max_steps={args.nll_max_steps}"
@@ -159,14 +163,16 @@ def main() -> None:
             coarse = cached_row(run_dir, f"T=10,{settings}", partial(measure, 10, own))
             rows.append(("1000 → 10", label, coarse))
         # the table so far, rewritten after every model
-        report(_table(args, rows, info, time.perf_counter() - began), args.out)
+        report(_table(args, rows, info, time.perf_counter() - began, train_seconds), args.out)
     trained_1000 = all((args.runs_dir / f"{t}-T1000" / "checkpoint.pt").exists()
                        for t in ("learned", "identity"))  # fmt: skip
     if args.out is not None and trained_1000 and "ndm:1000" in args.rows:
         write_figures(args.runs_dir, splits, args.out.parent)
 
 
-def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> str:
+def _table(
+    args: argparse.Namespace, rows: list, info: dict, seconds: float, train_seconds: float
+) -> str:
     preset = PRESETS[args.preset]
     lines = [
         f"# Fashion-MNIST {preset['resolution']}x{preset['resolution']}: NDM vs DDPM "
@@ -174,7 +180,8 @@ def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> 
         "",
         f"Preset {args.preset}: U-Net {preset['architecture']} for x_theta and F_phi, "
         f"{args.steps or preset['steps']} steps of batch {preset['batch_size']}, trained on "
-        "uniformly dequantised images; log-SNR-linear schedule and learned reverse variance "
+        "uniformly dequantised images, time embedded as the step index T t; log-SNR-linear "
+        "schedule and learned reverse variance "
         "(the paper's bound: linear VP schedule, posterior variance). NLL/NELBO on "
         f"{args.n_eval} dequantised test images, + log2(128) = 7 bits/dim (NLL: Hutchinson, 1 "
         f"probe, dopri5 rtol=atol=1e-3 with at most {args.nll_max_steps} steps for the "
@@ -183,11 +190,12 @@ def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> 
         f"{args.fid_samples} samples against as many test images, features of a classifier "
         f"with test accuracy {info.get('classifier_test_accuracy', float('nan')):.3f}. "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
-        f"{seconds:.0f} s for the rows not kept from an earlier run.",
+        f"{seconds:.0f} s for the rows not kept from an earlier run, {train_seconds:.0f} s of "
+        "it training (eval s: each row's evaluation).",
         "",
         "| steps | model | NLL ↓ | NELBO ↓ | prior | diffusion | reconstruction | FID ↓ "
-        "| FID* (DDIM) ↓ |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| FID* (DDIM) ↓ | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = ("10", "1000", "1000 → 10")
     for steps, label, r in sorted(rows, key=lambda row: order.index(row[0])):
@@ -200,7 +208,8 @@ def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> 
             f"| {steps} | {label} | {nll} | "
             f"{r['nelbo_bpd']:.3f} ± {r['nelbo_bpd_stderr']:.3f} | "
             f"{r['nelbo_prior_bpd']:.3f} | {r['nelbo_diffusion_bpd']:.3f} | "
-            f"{r['nelbo_reconstruction_bpd']:.3f} | {r['fid']:.2f} | {r['fid_ddim']:.2f} |"
+            f"{r['nelbo_reconstruction_bpd']:.3f} | {r['fid']:.2f} | {r['fid_ddim']:.2f} | "
+            f"{r.get('seconds', math.nan):.0f} |"
         )
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ from ndm.decoders import CategoricalDecoder, GaussianDecoder
 from ndm.lattice_oracle import (
     LatticeOracle,
     centres,
+    fit_endpoints,
     level_probabilities,
     make_transform,
     sample_levels,
@@ -256,3 +257,25 @@ def test_dequantised_discrete_nelbo_bounds_the_levels_tightly():
     total = terms.total + DIMS * math.log(num_levels / 2)  # the offset, in nats
     mean, stderr = _excess_bits(total, levels, probs)
     assert -3 * stderr <= mean <= BOUND_BITS[num_steps], (mean, stderr)
+
+
+@pytest.mark.parametrize(("num_levels", "skewed"), [(17, False), (256, False), (256, True)])
+def test_learned_endpoints_tighten_the_ten_step_bound_and_keep_it_above_the_entropy(
+    num_levels, skewed
+):
+    levels = sample_levels(level_probabilities(num_levels, skewed), 512, DIMS, seed=7)
+
+    def excess(process, oracle, probs):
+        terms = discrete_nelbo(process, oracle, centres(num_levels)[levels].double(), 10,
+                               CategoricalDecoder(num_levels), torch.Generator().manual_seed(1))  # fmt: skip
+        return _excess_bits(terms.total, levels, probs)
+
+    before, _ = excess(*_oracle_run(num_levels, skewed, False, 10))
+    learned = make_schedule("log_snr", learn_endpoints=True)
+    process, oracle, probs = _oracle_run(num_levels, skewed, False, 10, learned)
+    ends = fit_endpoints(process, oracle, probs, 10, DIMS)
+    after, stderr = excess(process, oracle, probs)
+    # the same examples and noise: the gain is not the spread over examples
+    assert after < before - 0.1, (before, after, ends)
+    assert after >= -3 * stderr, (after, stderr)
+    assert ends[0] > -13.3 and ends[1] < 5.0  # both ends move in: smaller steps in log-SNR

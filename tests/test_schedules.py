@@ -126,6 +126,31 @@ def test_learned_schedule_is_trainable():
     assert sched.l2.weight.grad is not None and sched.l2.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["log_snr", "learned"])
+def test_learned_endpoints_start_at_the_fixed_ones_and_are_trained(name):
+    fixed, learned = make_schedule(name).double(), make_schedule(name, learn_endpoints=True)
+    learned = learned.double()
+    assert [n for n, _ in fixed.named_parameters() if "endpoints" in n] == []
+    assert sorted(fixed.state_dict()) == sorted(
+        k for k in learned.state_dict() if "endpoints" not in k
+    )
+    # (shape parameters of the learned schedule are shared: same init)
+    learned.load_state_dict(fixed.state_dict(), strict=False)
+    # (the learned ends were made in float32: -13.3 and log(18.3) rounded there)
+    torch.testing.assert_close(learned(T).gamma, fixed(T).gamma, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(learned(T).d_gamma, fixed(T).d_gamma, rtol=1e-6, atol=1e-5)
+    with torch.no_grad():
+        learned.endpoints.learned.copy_(torch.tensor([-6.0, math.log(4.0)]))
+    ends = learned(torch.tensor([0.0, 1.0], dtype=torch.float64)).gamma
+    torch.testing.assert_close(ends, torch.tensor([-6.0, -2.0], dtype=torch.float64))
+    assert learned.endpoints.values() == pytest.approx((-6.0, -2.0))
+    learned(T).alpha.sum().backward()
+    grad = learned.endpoints.learned.grad
+    assert grad is not None and bool((grad != 0).all())
+    with pytest.raises(ValueError, match="schedule 'cosine' has fixed end points"):
+        make_schedule("cosine", learn_endpoints=True)
+
+
 def test_registry_and_errors():
     assert set(SCHEDULES) == {"log_snr", "linear", "cosine", "fm_ot", "learned"}
     with pytest.raises(ValueError, match="unknown schedule 'nope'"):

@@ -17,9 +17,11 @@ from ndm.config import (
     add_config_arguments,
     config_from_args,
     config_from_dict,
+    config_from_record,
     config_to_dict,
+    with_resolved_time_scales,
 )
-from ndm.training import load_run, train
+from ndm.training import _parameter_groups, load_run, train
 from tests.payload import CodeRunningPayload
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -80,6 +82,30 @@ def test_config_round_trip_through_dict_and_json():
     assert config_from_dict(json.loads(json.dumps(config_to_dict(cfg)))) == cfg
     assert config_from_dict({}) == RunConfig()
     assert config_from_dict({"train": {"lr": 1}}).train.lr == 1.0  # int accepted for a float
+
+
+@pytest.mark.parametrize(
+    ("model", "predictor_scale", "transform_scale"),
+    [({"objective": "discrete", "num_steps": 10}, 10.0, 10.0),
+     ({"objective": "discrete", "num_steps": 1000}, 1000.0, 1000.0),
+     ({}, 1000.0, 1000.0),
+     ({"objective": "discrete", "num_steps": 10, "time_scale": 50.0}, 50.0, 50.0),
+     ({"time_scale": 50.0, "transform_time_scale": 5.0}, 50.0, 5.0)],
+)  # fmt: skip
+def test_the_networks_embed_the_step_index_in_discrete_time(
+    model: dict, predictor_scale: float, transform_scale: float
+) -> None:
+    cfg = ModelConfig(hidden=8, depth=1, **model)
+    built = build_model(cfg, (2,))
+    assert built.predictor.net.time_scale == predictor_scale
+    assert built.process.transform.net.time_scale == transform_scale
+    resolved = with_resolved_time_scales(RunConfig(model=cfg)).model
+    assert (resolved.time_scale, resolved.transform_time_scale) == (
+        predictor_scale,
+        transform_scale,
+    )
+    separable = build_model(replace(cfg, transform="separable", transform_time_scale=0.0), (2,))
+    assert separable.process.transform.net.time_scale == predictor_scale
 
 
 def test_config_round_trip_through_argparse():
@@ -195,7 +221,8 @@ def test_train_writes_run_folder(tmp_path):
     model = train(tiny(), run)
     written = sorted(p.name for p in run.iterdir() if not p.name.startswith(TENSORBOARD_EVENTS))
     assert written == ["checkpoint.pt", "config.json", "metrics.jsonl"]
-    assert config_from_dict(json.loads((run / "config.json").read_text())) == tiny()
+    stored = with_resolved_time_scales(tiny())  # the time scales stored explicitly
+    assert config_from_dict(json.loads((run / "config.json").read_text())) == stored
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged_steps(run) == [2, 4, 6]
     keys = {"step", "loss", "nelbo", "prior", "diffusion", "reconstruction", "lr", "grad_norm"}
@@ -203,10 +230,10 @@ def test_train_writes_run_folder(tmp_path):
     assert keys | {"seconds_per_step", "grad_norm_phi", "grad_norm_theta"} == set(lines[0])
     assert all(math.isfinite(v) for line in lines for v in line.values())
     state = load_checkpoint(run / "checkpoint.pt")
-    assert state["step"] == 6 and state["config"] == config_to_dict(tiny())
+    assert state["step"] == 6 and state["config"] == config_to_dict(stored)
     # the returned model carries the EMA weights, as load_run does
     cfg, loaded = load_run(run)
-    assert cfg == tiny()
+    assert cfg == stored
     assert all(
         torch.equal(a, b) for a, b in zip(model.parameters(), loaded.parameters(), strict=True)
     )
@@ -408,6 +435,30 @@ def test_a_run_saved_before_the_reverse_variance_option_loads_with_the_posterior
     assert loaded.model.reverse_variance == "posterior" and not model.predictor.variance
 
 
+def test_a_run_saved_before_the_time_scale_options_loads_and_resumes_as_it_ran(tmp_path):
+    run = tmp_path / "old"
+    discrete = {"objective": "discrete", "num_steps": 10}
+    cfg = replace(tiny(), model=replace(tiny().model, **discrete, time_scale=1000.0,
+                                        transform_time_scale=1000.0))  # fmt: skip
+    train(cfg, run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    for name in ("time_scale", "transform_time_scale"):
+        del state["config"]["model"][name]
+    save_checkpoint(run / "checkpoint.pt", state)
+    loaded, model = load_run(run)
+    assert model.predictor.net.time_scale == model.process.transform.net.time_scale == 1000.0
+    # the new default (the step index, 10 t) is not what the run was trained with
+    default = replace(tiny(steps=8), model=replace(tiny().model, **discrete))
+    with pytest.raises(ValueError, match=r"\['model.transform_time_scale', 'model.time_scale'\]"):
+        train(default, run, resume=True)
+    train(replace(default, model=loaded.model), run, resume=True)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 8
+    # an identity transform stored the old default 1000 for F's (unused) time scale
+    identity = config_to_dict(RunConfig(model=ModelConfig(transform="identity")))
+    identity["model"]["transform_time_scale"] = 1000.0
+    assert config_from_record(identity).model.transform_time_scale == 0.0
+
+
 # --- resumed settings, records and inputs -----------------------------------------------
 
 
@@ -571,3 +622,19 @@ def test_run_files_are_readable_by_others_under_the_umask_and_json_is_strict(tmp
     for path in (*(tmp_path / "run").iterdir(), tmp_path / "m.json"):
         assert path.stat().st_mode & 0o777 == 0o644, path
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [None, 1.0]}
+
+
+def test_learned_schedule_endpoints_train_without_weight_decay(tmp_path):
+    model_cfg = replace(tiny().model, objective="discrete", num_steps=10,
+                        schedule_endpoints="learned")  # fmt: skip
+    cfg = replace(tiny(), model=model_cfg, train=replace(tiny().train, weight_decay=0.5))
+    train(cfg, tmp_path / "run")
+    _, model = load_run(tmp_path / "run")
+    lo, hi = model.process.schedule.endpoints.values()
+    assert (lo, hi) != pytest.approx((-13.3, 5.0), abs=1e-4)  # trained on the loss
+    assert model.predictor.schedule is model.process.schedule
+    groups = _parameter_groups(build_model(model_cfg, (2,)), cfg.train)
+    assert [g.get("weight_decay") for g in groups] == [None, 0.0]
+    assert [p.numel() for p in groups[1]["params"]] == [2]
+    with pytest.raises(ValueError, match="schedule 'linear' has fixed end points"):
+        ModelConfig(schedule="linear", schedule_endpoints="learned")

@@ -82,13 +82,15 @@ def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
     if cfg.transform == "learned":
         scale = cfg.transform_init_scale
         network = build_network(
-            cfg, shape, zero_init_output=scale == 0, time_scale=cfg.transform_time_scale
+            cfg, shape, zero_init_output=scale == 0, time_scale=cfg.transform_network_time_scale
         )
         if scale:
             network = _scaled_output_layer(network, scale)
         return LearnedTransform(network, cfg.transform_derivative, cfg.transform_form)
     if cfg.transform == "separable":
-        network = build_network(cfg, shape, True, outputs=cfg.transform_basis)
+        network = build_network(
+            cfg, shape, True, outputs=cfg.transform_basis, time_scale=cfg.network_time_scale
+        )
         return SeparableTransform(network, cfg.transform_basis)
     if cfg.transform == "blur":
         if len(shape) != 3:
@@ -102,9 +104,10 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], num_levels: int | None
     ``num_levels`` levels) with the Gaussian decoder: predictor and transform networks share
     one architecture and one schedule; with a learned reverse variance the predictor's
     network has twice the outputs."""
-    schedule = make_schedule(cfg.schedule)
+    schedule = make_schedule(cfg.schedule, learn_endpoints=cfg.schedule_endpoints == "learned")
     variance = cfg.learns_variance
-    network = build_network(cfg, shape, zero_init_output=False, outputs=2 if variance else 1)
+    outputs = 2 if variance else 1
+    network = build_network(cfg, shape, False, outputs, cfg.network_time_scale)
     return NDM(
         NeuralDiffusion(schedule, build_transform(cfg, shape)),
         Predictor(network, schedule, cfg.parameterisation, variance),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
 import torch
@@ -25,7 +25,7 @@ from ndm.model import OBJECTIVES
 from ndm.nets.unet import UNET_PRESETS
 from ndm.predictors import PARAMETERISATIONS
 from ndm.samplers import SAMPLERS
-from ndm.schedules import SCHEDULES
+from ndm.schedules import LEARNABLE_ENDPOINTS, SCHEDULES
 from ndm.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS
 from ndm.transforms import DERIVATIVES, TRANSFORM_FORMS
 
@@ -107,10 +107,10 @@ class ModelConfig(_Section):
         check=NON_NEGATIVE,
     )
     transform_time_scale: float = _option(
-        1000.0,
-        "learned F: its network's sinusoidal time embedding sees this times t (1000: the "
-        "predictor's; a small value makes F, and dF/dt, smooth in t)",
-        check=POSITIVE,
+        0.0,
+        "learned F: its network's sinusoidal time embedding sees this times t (0: time_scale's "
+        "value; a small value makes F, and dF/dt, smooth in t)",
+        check=NON_NEGATIVE,
     )
     transform_basis: int = _option(
         4,
@@ -127,11 +127,24 @@ class ModelConfig(_Section):
         "noise schedule (log_snr: gamma linear from -13.3 to 5, VDM's; linear: the paper's VP)",
         SCHEDULES,
     )
+    schedule_endpoints: str = _option(
+        "fixed",
+        "gamma_min, gamma_max of the log_snr and learned schedules: fixed at -13.3 and 5, or "
+        "learned with the model on its loss (VDM's learned end points)",
+        ("fixed", "learned"),
+    )
     parameterisation: str = _option("eps", "predictor output", PARAMETERISATIONS)
     hidden: int = _option(256, "hidden width of both MLPs", check=POSITIVE)
     depth: int = _option(3, "residual blocks of both MLPs", check=POSITIVE)
     objective: str = _option("continuous", "training objective", OBJECTIVES)
     num_steps: int = _option(1000, "steps T of the discrete objective", check=POSITIVE)
+    time_scale: float = _option(
+        0.0,
+        "the networks' sinusoidal time embedding sees this times t (0: T for the discrete "
+        "objective, the step index as DDPM embeds it, so that the networks are smooth between "
+        "grid points; 1000 otherwise)",
+        check=NON_NEGATIVE,
+    )
     reverse_variance: str = _option(
         "auto",
         "variance of the discrete reverse steps: learned (the network also predicts "
@@ -157,6 +170,21 @@ class ModelConfig(_Section):
             return self.objective == "discrete"
         return self.reverse_variance == "learned"
 
+    @property
+    def network_time_scale(self) -> float:
+        """What the predictor's (and by default F's) time embedding multiplies ``t`` by:
+        ``time_scale``, or for 0 ``T`` with the discrete objective (its grid ``t = i / T``
+        becomes the step index ``i``) and 1000 otherwise."""
+        if self.time_scale:
+            return self.time_scale
+        return float(self.num_steps) if self.objective == "discrete" else 1000.0
+
+    @property
+    def transform_network_time_scale(self) -> float:
+        """What a learned F's time embedding multiplies ``t`` by: ``transform_time_scale``,
+        or for 0 :attr:`network_time_scale`."""
+        return self.transform_time_scale or self.network_time_scale
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.objective == "simple" and self.transform in ("learned", "separable"):
@@ -172,11 +200,16 @@ class ModelConfig(_Section):
         learned_only = {
             "transform_form": "residual",
             "transform_init_scale": 0.0,
-            "transform_time_scale": 1000.0,
+            "transform_time_scale": 0.0,
         }
         given = [name for name, default in learned_only.items() if getattr(self, name) != default]
         if given and self.transform != "learned":
             raise ValueError(f"{given} shape a learned transform; transform is {self.transform!r}")
+        if self.schedule_endpoints == "learned" and self.schedule not in LEARNABLE_ENDPOINTS:
+            raise ValueError(
+                f"schedule {self.schedule!r} has fixed end points; schedule_endpoints 'learned' "
+                f"needs one of {list(LEARNABLE_ENDPOINTS)}"
+            )
         if self.schedule == "fm_ot" and self.parameterisation == "eps":
             raise ValueError(
                 "schedule 'fm_ot' has alpha_1 = 0, which an eps predictor divides by; "
@@ -384,6 +417,34 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
             raise ValueError(f"unknown config keys {unknown} in section {name!r}")
         built[name] = cls(**values)
     return RunConfig(**built)
+
+
+def with_resolved_time_scales(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the networks' time scales given explicitly (the values of ``0``, which
+    depend on the objective and ``T``), as a run stores them."""
+    model = cfg.model
+    resolved = {"time_scale": model.network_time_scale}
+    if model.transform == "learned":
+        resolved["transform_time_scale"] = model.transform_network_time_scale
+    return replace(cfg, model=replace(model, **resolved))
+
+
+def config_from_record(data: Mapping[str, Any]) -> RunConfig:
+    """:func:`config_from_dict` of a config stored by a run or an export, where a model
+    setting that an earlier version did not store has the value that version used: the
+    posterior reverse variance, and time embeddings at 1000 t (which was also the stored
+    ``transform_time_scale`` of transforms it did not shape)."""
+    model = data.get("model") if isinstance(data, Mapping) else None
+    if isinstance(model, Mapping):
+        model = dict(model)
+        model.setdefault("reverse_variance", "posterior")
+        model.setdefault("time_scale", 1000.0)
+        if model.get("transform", "learned") == "learned":
+            model.setdefault("transform_time_scale", 1000.0)
+        elif model.get("transform_time_scale") == 1000.0:
+            del model["transform_time_scale"]
+        data = {**data, "model": model}
+    return config_from_dict(data)
 
 
 def _flag_names() -> dict[tuple[str, str], str]:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save
 
 from ndm.builders import build_run_model
 from ndm.checkpoint import atomic_write, save_json
-from ndm.config import RunConfig, config_from_dict, config_to_dict
+from ndm.config import RunConfig, config_from_record, config_to_dict
 from ndm.distributed import resolve_device
 from ndm.latent import LatentNDM
 from ndm.model import NDM
@@ -62,7 +62,7 @@ def load_pretrained(
             raise FileNotFoundError(f"{folder / name} not found: not an ndm export folder")
     try:
         description = json.loads((folder / DESCRIPTION).read_text())
-        cfg = config_from_dict(description["config"])
+        cfg = config_from_record(description["config"])
         model = build_run_model(cfg, tuple(description["shape"]), description["num_levels"])
         weights = load_file(folder / WEIGHTS)
         model.load_state_dict(weights)

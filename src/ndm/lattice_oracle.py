@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.special import log_ndtr
 
+from ndm.decoders import CategoricalDecoder
+from ndm.objectives import discrete_nelbo_terms
 from ndm.predictors import Prediction
 from ndm.process import NeuralDiffusion
 from ndm.schedules import Schedule
@@ -170,3 +172,36 @@ def smoothed_nll(x: Tensor, probs: Tensor, scale: float) -> Tensor:
     hi, lo = (v + half - x[..., None]) / scale, (v - half - x[..., None]) / scale
     log_mass = _log_normal_mass(lo, hi) + probs.log().to(x.dtype) + math.log(v.numel() / 2)
     return -torch.logsumexp(log_mass, -1).sum(1)
+
+
+def fit_endpoints(
+    process: NeuralDiffusion,
+    oracle: LatticeOracle,
+    probs: Tensor,
+    num_steps: int,
+    dims: int,
+    steps: int = 100,
+    batch: int = 256,
+    lr: float = 0.05,
+) -> tuple[float, float]:
+    """Train the learned end points of ``process.schedule`` (its only parameters; the
+    oracle follows the schedule) on the training estimate of the discrete NELBO of ``batch``
+    fresh examples per step, with the categorical decoder and Adam; return them as
+    ``(gamma_min, gamma_max)``. Each draw is seeded by its step."""
+    schedule = process.schedule
+    params = list(schedule.parameters())
+    if not params:
+        raise ValueError("the schedule has no learned end points to fit")
+    optimizer = torch.optim.Adam(params, lr=lr)
+    values = centres(probs.numel()).to(params[0].dtype)
+    decoder = CategoricalDecoder(probs.numel())
+    for step in range(steps):
+        levels = sample_levels(probs, batch, dims, seed=10_000 + step)
+        generator = torch.Generator().manual_seed(step)
+        loss = discrete_nelbo_terms(
+            process, oracle, values[levels], num_steps, decoder, generator
+        ).total.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return schedule.endpoints.values()

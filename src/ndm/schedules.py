@@ -107,23 +107,56 @@ class LinearVPSchedule(VariancePreservingSchedule):
         return torch.log(torch.expm1(big_b)), beta / -torch.expm1(-big_b) * du_dt
 
 
+class GammaEndpoints(nn.Module):
+    """The end points ``gamma_0 = gamma_min < gamma_1 = gamma_max`` of a schedule: fixed
+    numbers, or (``learned``) VDM's learned end points, parameters ``gamma_min`` and
+    ``log(gamma_max - gamma_min)`` (so the order holds) trained with the model on its loss.
+    Fixed end points hold no tensor, so a schedule's state is what it was without them."""
+
+    def __init__(self, gamma_min: float, gamma_max: float, learned: bool = False):
+        super().__init__()
+        if not gamma_min < gamma_max:
+            raise ValueError(f"need gamma_min < gamma_max, got {gamma_min}, {gamma_max}")
+        self.fixed = (gamma_min, gamma_max - gamma_min)
+        self.learned = (
+            nn.Parameter(torch.tensor([gamma_min, math.log(gamma_max - gamma_min)]))
+            if learned
+            else None
+        )
+
+    def forward(self, like: Tensor) -> tuple[Tensor | float, Tensor | float]:
+        """``(gamma_min, gamma_max - gamma_min)``: numbers, or 0-d tensors of ``like``'s
+        dtype that carry the gradient to the learned end points."""
+        if self.learned is None:
+            return self.fixed
+        lo, log_width = self.learned.to(like.dtype)
+        return lo, log_width.exp()
+
+    def values(self) -> tuple[float, float]:
+        """The current ``(gamma_min, gamma_max)``."""
+        with torch.no_grad():
+            lo, width = (float(v) for v in self(torch.zeros(0, dtype=torch.float64)))
+        return lo, lo + width
+
+
 class LogSNRLinearSchedule(VariancePreservingSchedule):
     """VDM's fixed schedule: ``gamma_t = gamma_min + (gamma_max - gamma_min) t``, linear in log-SNR.
 
     Every step of a uniform grid of ``T`` steps moves ``gamma`` by the same
     ``(gamma_max - gamma_min) / T``, so no step of the discrete bound jumps in SNR (the linear
     VP schedule puts a jump of 4.7 to 11.7 nats at its last step for ``T = 1000`` to 10).
+    With ``learn_endpoints`` the two ends are trained (:class:`GammaEndpoints`).
     """
 
-    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0):
+    def __init__(
+        self, gamma_min: float = -13.3, gamma_max: float = 5.0, learn_endpoints: bool = False
+    ):
         super().__init__()
-        if not gamma_min < gamma_max:
-            raise ValueError(f"need gamma_min < gamma_max, got {gamma_min}, {gamma_max}")
-        self.gamma_min, self.gamma_max = gamma_min, gamma_max
+        self.endpoints = GammaEndpoints(gamma_min, gamma_max, learn_endpoints)
 
     def gamma_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        slope = self.gamma_max - self.gamma_min
-        return self.gamma_min + slope * t, torch.full_like(t, slope)
+        lo, slope = self.endpoints(t)
+        return lo + slope * t, torch.zeros_like(t) + slope
 
 
 class CosineSchedule(VariancePreservingSchedule):
@@ -216,11 +249,15 @@ class LearnedVPSchedule(VariancePreservingSchedule):
     ``gamma'`` is one forward-mode Jacobian-vector product in ``t``.
     """
 
-    def __init__(self, gamma_min: float = -13.3, gamma_max: float = 5.0, hidden: int = 1024):
+    def __init__(
+        self,
+        gamma_min: float = -13.3,
+        gamma_max: float = 5.0,
+        hidden: int = 1024,
+        learn_endpoints: bool = False,
+    ):
         super().__init__()
-        if not gamma_min < gamma_max:
-            raise ValueError(f"need gamma_min < gamma_max, got {gamma_min}, {gamma_max}")
-        self.gamma_min, self.gamma_max = gamma_min, gamma_max
+        self.endpoints = GammaEndpoints(gamma_min, gamma_max, learn_endpoints)
         self.l1 = _PositiveLinear(1, 1)
         self.l2 = _PositiveLinear(1, hidden)
         self.l3 = _PositiveLinear(hidden, 1)
@@ -236,7 +273,8 @@ class LearnedVPSchedule(VariancePreservingSchedule):
     def _gamma(self, t: Tensor) -> Tensor:
         ends = self._h(torch.tensor([0.0, 1.0], dtype=t.dtype, device=t.device))
         fraction = (self._h(t) - ends[0]) / (ends[1] - ends[0])
-        return self.gamma_min + (self.gamma_max - self.gamma_min) * fraction
+        lo, width = self.endpoints(t)
+        return lo + width * fraction
 
     def gamma_and_derivative(self, t: Tensor) -> tuple[Tensor, Tensor]:
         # jvp cannot attach a tangent to a tensor with repeated memory (``t.expand(B)``).
@@ -253,8 +291,20 @@ SCHEDULES: dict[str, type[Schedule]] = {
 }
 
 
-def make_schedule(name: str, **kwargs: float) -> Schedule:
-    """Build a schedule by name (one of :data:`SCHEDULES`)."""
+#: The schedules whose end points ``gamma_min``, ``gamma_max`` can be learned.
+LEARNABLE_ENDPOINTS = ("log_snr", "learned")
+
+
+def make_schedule(name: str, learn_endpoints: bool = False, **kwargs: float) -> Schedule:
+    """Build a schedule by name (one of :data:`SCHEDULES`), with learned end points if asked
+    (one of :data:`LEARNABLE_ENDPOINTS`)."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
+    if learn_endpoints:
+        if name not in LEARNABLE_ENDPOINTS:
+            raise ValueError(
+                f"schedule {name!r} has fixed end points; learned ones need one of "
+                f"{list(LEARNABLE_ENDPOINTS)}"
+            )
+        kwargs["learn_endpoints"] = True
     return SCHEDULES[name](**kwargs)

@@ -58,8 +58,9 @@ from ndm.config import (
     EvalConfig,
     RunConfig,
     TrainConfig,
-    config_from_dict,
+    config_from_record,
     config_to_dict,
+    with_resolved_time_scales,
 )
 from ndm.data.loading import Splits, load_splits, model_input
 from ndm.data.points import POINTS_DATASET, read_points, save_points
@@ -156,13 +157,8 @@ def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
 
 
 def _saved_config(state: dict[str, Any]) -> RunConfig:
-    """The config of a checkpoint. One saved before ``model.reverse_variance`` existed used
-    the posterior variance, which its absence then means (the default is ``auto``)."""
-    saved = state["config"]
-    model = saved.get("model") if isinstance(saved, dict) else None
-    if isinstance(model, dict) and "reverse_variance" not in model:
-        saved = saved | {"model": model | {"reverse_variance": "posterior"}}
-    return config_from_dict(saved)
+    """The config of a checkpoint (settings an earlier version did not store: as it ran)."""
+    return config_from_record(state["config"])
 
 
 def _fixed_settings_changed(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -207,7 +203,7 @@ def _check_record(path: Path, state: dict[str, Any]) -> None:
     if not path.exists():
         return
     try:
-        recorded = config_to_dict(config_from_dict(json.loads(path.read_text())))
+        recorded = config_to_dict(config_from_record(json.loads(path.read_text())))
     except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{path} is not the config of this run ({error})") from error
     changed = _fixed_settings_changed(config_to_dict(_saved_config(state)), recorded)
@@ -261,13 +257,18 @@ def _is_transform_parameter(name: str) -> bool:
 
 def _parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """The optimiser's parameter groups: one at ``cfg.lr``, or, with ``cfg.transform_lr``,
-    the rest at ``lr`` (first: the logged ``lr``) and the transform's at ``transform_lr``."""
+    the rest at ``lr`` (first: the logged ``lr``) and the transform's at ``transform_lr``;
+    learned schedule end points (which weight decay would pull towards 0) at ``lr`` without
+    weight decay."""
     params = list(model.named_parameters())
+    ends = [p for name, p in params if ".endpoints." in f".{name}"]
+    params = [(name, p) for name, p in params if ".endpoints." not in f".{name}"]
+    groups = [{"params": ends, "weight_decay": 0.0}] if ends else []
     if not cfg.transform_lr:
-        return [{"params": [p for _, p in params]}]
+        return [{"params": [p for _, p in params]}, *groups]
     rest = [p for name, p in params if not _is_transform_parameter(name)]
     phi = [p for name, p in params if _is_transform_parameter(name)]
-    return [{"params": rest}] + ([{"params": phi, "lr": cfg.transform_lr}] if phi else [])
+    return [{"params": rest}] + ([{"params": phi, "lr": cfg.transform_lr}] if phi else []) + groups
 
 
 def _gradient_norms(model: nn.Module) -> dict[str, float]:
@@ -399,7 +400,7 @@ def train(
     ``torchrun`` every process calls this.
     """
     run_dir = Path(run_dir)
-    cfg = with_resolved_paths(cfg)
+    cfg = with_resolved_time_scales(with_resolved_paths(cfg))
     check_loggers(cfg.train.loggers)
     if train_data is None:
         splits = load_data(cfg.data)
