@@ -15,7 +15,6 @@ bits/dim of the 8-bit data. Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 from dataclasses import replace
@@ -32,7 +31,7 @@ from ndm.model import NDM
 from ndm.training import load_data, load_run
 
 from report import report
-from runs import cached_row, trained_model
+from runs import cached_row, trained_model, training_seconds
 
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
 PRESETS = {
@@ -41,20 +40,24 @@ PRESETS = {
 }
 
 
-# name -> (label, transform, the paper's formulation: linear VP schedule, posterior variance)
+PAPER = {"schedule": "linear", "reverse_variance": "posterior"}  # the paper's formulation
+LEARNED_ENDS = {"schedule_endpoints": "learned"}
+# name -> (label, transform, suffix of the run folder, model settings besides the defaults)
 MODELS = {
-    "ddpm": ("DDPM", "identity", False),
-    "ndm": ("NDM", "learned", False),
-    "paper": ("DDPM, paper's bound", "identity", True),
+    "ddpm": ("DDPM", "identity", "", {}),
+    "ndm": ("NDM", "learned", "", {}),
+    "paper": ("DDPM, paper's bound", "identity", "-paper", PAPER),
+    "ddpm-ends": ("DDPM, learned end points", "identity", "-ends", LEARNED_ENDS),
+    "ndm-ends": ("NDM, learned end points", "learned", "-ends", LEARNED_ENDS),
 }
-ROWS = ("ddpm:10", "ndm:10", "ddpm:1000", "ndm:1000", "paper:1000")
+ROWS = ("ddpm:10", "ndm:10", "ddpm:1000", "ndm:1000", "paper:1000", "ddpm-ends:10",
+        "ndm-ends:10")  # fmt: skip
 
 
 def _config(
-    args: argparse.Namespace, transform: str, num_steps: int, paper: bool = False
+    args: argparse.Namespace, transform: str, num_steps: int, settings: dict | None = None
 ) -> RunConfig:
     preset = PRESETS[args.preset]
-    formulation = {"schedule": "linear", "reverse_variance": "posterior"} if paper else {}
     return RunConfig(
         DataConfig(dataset="fashion_mnist", path=args.path, resolution=preset["resolution"]),
         ModelConfig(
@@ -62,7 +65,7 @@ def _config(
             architecture=preset["architecture"],
             objective="discrete",
             num_steps=num_steps,
-            **formulation,
+            **(settings or {}),
         ),
         TrainConfig(
             steps=args.steps or preset["steps"],
@@ -143,36 +146,32 @@ def main() -> None:
     cfg0 = _config(args, "identity", 10)
     splits = load_data(cfg0.data)
     features, info = fid_features(splits, cfg0.eval)
-    rows, train_seconds = [], 0.0
+    rows = []
     for row in args.rows:
         name, num_steps = row.split(":")[0], int(row.split(":")[1])
-        label, transform, paper = MODELS[name]
-        cfg = _config(args, transform, num_steps, paper)
-        run_dir = args.runs_dir / f"{transform}{'-paper' if paper else ''}-T{num_steps}"
-        start = time.perf_counter()
+        label, transform, suffix, model_settings = MODELS[name]
+        cfg = _config(args, transform, num_steps, model_settings)
+        run_dir = args.runs_dir / f"{transform}{suffix}-T{num_steps}"
         model = trained_model(cfg, run_dir).eval()
-        train_seconds += time.perf_counter() - start
         settings = (
             f"n_eval={args.n_eval},fid_samples={args.fid_samples},"
             f"classifier_steps={args.classifier_steps},nll_max_steps={args.nll_max_steps}"
         )
         measure = partial(_row, model, cfg, splits, features)
         own = cached_row(run_dir, f"T={num_steps},{settings}", partial(measure, num_steps))
-        rows.append((str(num_steps), label, own))
+        rows.append((str(num_steps), label, own | {"train_seconds": training_seconds(run_dir)}))
         if num_steps == 1000:
             coarse = cached_row(run_dir, f"T=10,{settings}", partial(measure, 10, own))
             rows.append(("1000 → 10", label, coarse))
         # the table so far, rewritten after every model
-        report(_table(args, rows, info, time.perf_counter() - began, train_seconds), args.out)
+        report(_table(args, rows, info, time.perf_counter() - began), args.out)
     trained_1000 = all((args.runs_dir / f"{t}-T1000" / "checkpoint.pt").exists()
                        for t in ("learned", "identity"))  # fmt: skip
     if args.out is not None and trained_1000 and "ndm:1000" in args.rows:
         write_figures(args.runs_dir, splits, args.out.parent)
 
 
-def _table(
-    args: argparse.Namespace, rows: list, info: dict, seconds: float, train_seconds: float
-) -> str:
+def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> str:
     preset = PRESETS[args.preset]
     lines = [
         f"# Fashion-MNIST {preset['resolution']}x{preset['resolution']}: NDM vs DDPM "
@@ -182,7 +181,8 @@ def _table(
         f"{args.steps or preset['steps']} steps of batch {preset['batch_size']}, trained on "
         "uniformly dequantised images, time embedded as the step index T t; log-SNR-linear "
         "schedule and learned reverse variance "
-        "(the paper's bound: linear VP schedule, posterior variance). NLL/NELBO on "
+        "(the paper's bound: linear VP schedule, posterior variance; learned end points: "
+        "gamma_0 and gamma_1 of that schedule trained with the model). NLL/NELBO on "
         f"{args.n_eval} dequantised test images, + log2(128) = 7 bits/dim (NLL: Hutchinson, 1 "
         f"probe, dopri5 rtol=atol=1e-3 with at most {args.nll_max_steps} steps for the "
         f"{args.n_eval} images; NELBO: the sum of all T terms, its prior, diffusion and "
@@ -190,12 +190,13 @@ def _table(
         f"{args.fid_samples} samples against as many test images, features of a classifier "
         f"with test accuracy {info.get('classifier_test_accuracy', float('nan')):.3f}. "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
-        f"{seconds:.0f} s for the rows not kept from an earlier run, {train_seconds:.0f} s of "
-        "it training (eval s: each row's evaluation).",
+        f"Training and evaluation of these rows took {_total_seconds(rows):.0f} s in all (the "
+        "train s and eval s columns; a run trained with 1000 steps is trained once); this "
+        f"invocation took {seconds:.0f} s.",
         "",
         "| steps | model | NLL ↓ | NELBO ↓ | prior | diffusion | reconstruction | FID ↓ "
-        "| FID* (DDIM) ↓ | eval s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| FID* (DDIM) ↓ | train s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = ("10", "1000", "1000 → 10")
     for steps, label, r in sorted(rows, key=lambda row: order.index(row[0])):
@@ -209,9 +210,17 @@ def _table(
             f"{r['nelbo_bpd']:.3f} ± {r['nelbo_bpd_stderr']:.3f} | "
             f"{r['nelbo_prior_bpd']:.3f} | {r['nelbo_diffusion_bpd']:.3f} | "
             f"{r['nelbo_reconstruction_bpd']:.3f} | {r['fid']:.2f} | {r['fid_ddim']:.2f} | "
-            f"{r.get('seconds', math.nan):.0f} |"
+            f"{_seconds(r.get('train_seconds'))} | {_seconds(r.get('seconds'))} |"
         )
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
+def _total_seconds(rows: list) -> float:
+    return sum(r.get("train_seconds", 0.0) + r.get("seconds", 0.0) for _, _, r in rows)
 
 
 if __name__ == "__main__":

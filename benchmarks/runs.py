@@ -34,3 +34,14 @@ def cached_row(run_dir: Path, key: str, compute: Callable[[], dict]) -> dict:
         text = json.dumps(rows, indent=1).encode()
         atomic_write(path, lambda f: f.write(text))
     return rows[key]
+
+
+def training_seconds(run_dir: Path) -> float:
+    """The time the run of ``run_dir`` spent in training steps, from its ``metrics.jsonl``
+    (each line's ``seconds_per_step`` times the steps since the line before)."""
+    total, previous = 0.0, 0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        total += record["seconds_per_step"] * (record["step"] - previous)
+        previous = record["step"]
+    return total
