@@ -1,6 +1,8 @@
 """Ablations of the learned transform ``F_phi``: its form, its initialisation, its learning
-rate, the frequencies of its time embedding and the training length, against DDPM, on the
-checkerboard and the built-in digits, in discrete time (``T = 10``) and in continuous time.
+rate, the frequencies of its time embedding, how its gradient is clipped and the training
+length, against DDPM, on the checkerboard and the built-in digits, in discrete time
+(``T = 10``, time embedded at ``1000 t`` unless a variant says otherwise) and in continuous
+time.
 
 Every variant is trained with each of ``--seeds`` seeds on the same data and budget. Per row:
 
@@ -61,23 +63,50 @@ from runs import cached_row, trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = (0.25, 0.5, 0.75, 1.0)
+#: discrete time as this study first measured it, with both networks' time embeddings at
+#: ``1000 t`` (the default then; the ``step-index`` variants have today's, ``T t``)
 REGIMES = {
-    "T = 10": {"objective": "discrete", "num_steps": 10},
+    "T = 10": {"objective": "discrete", "num_steps": 10, "time_scale": 1000.0},
     "continuous": {"objective": "continuous"},
 }
-#: name: (label, model overrides, train overrides as a function of the base lr)
+#: name: (label, model overrides, train overrides given the base train section)
 VARIANTS = {
-    "ddpm": ("DDPM (F = x)", {"transform": "identity"}, {}),
-    "ndm": ("NDM, F = x + t NN, NN's output zero at init (default)", {}, {}),
-    "interpolation": ("NDM, F = (1 - t) x + t NN", {"transform_form": "interpolation"}, {}),
-    "random-init": ("NDM, NN's output at PyTorch's init", {"transform_init_scale": 1.0}, {}),
-    "phi-lr": ("NDM, lr of phi x 3", {}, {"transform_lr": 3.0}),
+    "ddpm": ("DDPM (F = x)", {"transform": "identity"}, lambda train: {}),
+    "ndm": ("NDM, F = x + t NN, NN's output zero at init (default)", {}, lambda train: {}),
+    "interpolation": (
+        "NDM, F = (1 - t) x + t NN",
+        {"transform_form": "interpolation"},
+        lambda train: {},
+    ),
+    "random-init": (
+        "NDM, NN's output at PyTorch's init",
+        {"transform_init_scale": 1.0},
+        lambda train: {},
+    ),
+    "phi-lr": ("NDM, lr of phi x 3", {}, lambda train: {"transform_lr": 3 * train.lr}),
     "slow-time": (
         "NDM, F's time embedding at 10 t, not 1000 t",
         {"transform_time_scale": 10.0},
+        lambda train: {},
+    ),
+    "clip-apart": (
+        "NDM, gradients of phi and theta clipped apart",
         {},
+        lambda train: {"grad_clip_scope": "apart"},
+    ),
+    "ddpm-step-index": (
+        "DDPM (F = x), time embedded as the step index T t",
+        {"transform": "identity", "time_scale": 0.0},
+        lambda train: {},
+    ),
+    "step-index": (
+        "NDM, both networks' time embedded as the step index T t",
+        {"time_scale": 0.0},
+        lambda train: {},
     ),
 }
+#: variants that differ from another only in discrete time
+DISCRETE_ONLY = ("ddpm-step-index", "step-index")
 LONGER = ("ddpm", "ndm")
 SNR_BATCHES = 32
 
@@ -102,11 +131,10 @@ def base_config(dataset: str, steps: int) -> RunConfig:
 
 def variant_config(base: RunConfig, regime: str, variant: str, seed: int) -> RunConfig:
     _, model, train = VARIANTS[variant]
-    train = {key: factor * base.train.lr for key, factor in train.items()}
     return replace(
         base,
-        model=replace(base.model, **REGIMES[regime], **model),
-        train=replace(base.train, seed=seed, **train),
+        model=replace(base.model, **(REGIMES[regime] | model)),
+        train=replace(base.train, seed=seed, **train(base.train)),
     )
 
 
@@ -223,6 +251,10 @@ def main() -> None:
         "cost 1 s on 2 CPU cores)",
     )
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--longer", nargs="*", choices=LONGER, default=list(LONGER),
+                        help="variants also trained twice as long")  # fmt: skip
+    parser.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                        help="Figure 2 a-e beside the table")  # fmt: skip
     parser.add_argument("--steps", type=int, default=400, help="training steps of a run")
     parser.add_argument("--image-steps", type=int, default=300, help="the same for the digits")
     parser.add_argument("--seeds", type=int, default=3)
@@ -258,9 +290,11 @@ def main() -> None:
         runs_dir = args.runs_dir / dataset
         for regime in args.image_regimes if dataset == "digits" else args.regimes:
             variants = ["ddpm", *(v for v in args.variants if v != "ddpm")]  # ddpm: the reference
+            if REGIMES[regime]["objective"] == "continuous":
+                variants = [v for v in variants if v not in DISCRETE_ONLY]
             named = [(v, VARIANTS[v][0], False) for v in variants]
             named += [(v, f"{VARIANTS[v][0].split(',')[0]}, longer", True)
-                      for v in LONGER if v in variants]  # fmt: skip
+                      for v in args.longer if v in variants]  # fmt: skip
             measured = {}
             for variant, label, longer in named:
                 rows = [
@@ -270,7 +304,7 @@ def main() -> None:
                 measured[variant, longer] = rows
                 lines.append(table_row(dataset, regime, label, rows, measured["ddpm", longer]))
                 report("\n".join(lines), args.out)  # the table so far, after every row
-    if args.out is not None and "ndm" in args.variants:
+    if args.out is not None and args.figures and "ndm" in args.variants:
         write_figures(bases, args.runs_dir, args.out.parent)
     seconds = time.perf_counter() - began
     note = f"This invocation: {seconds:.0f} s (rows measured before are read from the runs)."

@@ -21,7 +21,7 @@ from ndm.config import (
     config_to_dict,
     with_resolved_time_scales,
 )
-from ndm.training import _parameter_groups, load_run, train
+from ndm.training import _parameter_groups, clip_gradients, load_run, train
 from tests.payload import CodeRunningPayload
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -638,3 +638,23 @@ def test_learned_schedule_endpoints_train_without_weight_decay(tmp_path):
     assert [p.numel() for p in groups[1]["params"]] == [2]
     with pytest.raises(ValueError, match="schedule 'linear' has fixed end points"):
         ModelConfig(schedule="linear", schedule_endpoints="learned")
+
+
+@pytest.mark.parametrize("apart", [False, True])
+def test_gradients_are_clipped_together_or_apart(apart):
+    model = build_model(ModelConfig(hidden=8, depth=1), (2,))
+    for name, param in model.named_parameters():  # phi's gradient 100 times theta's
+        param.grad = torch.full_like(param, 100.0 if name.startswith("process.transform.") else 1.0)
+    phi = [p for n, p in model.named_parameters() if n.startswith("process.transform.")]
+    theta = [p for n, p in model.named_parameters() if not n.startswith("process.transform.")]
+
+    def norm(params):
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+    before = (norm(phi), norm(theta))
+    total = clip_gradients(model, 1.0, apart)
+    assert float(total) == pytest.approx(math.hypot(*before), rel=1e-5)
+    if apart:
+        assert (norm(phi), norm(theta)) == pytest.approx((1.0, 1.0), rel=1e-5)
+    else:  # one scale for all: theta's share is what phi leaves it
+        assert norm(theta) == pytest.approx(before[1] / math.hypot(*before), rel=1e-4)

@@ -285,6 +285,13 @@ class TrainConfig(_Section):
     warmup_steps: int = _option(500, "steps of linear learning-rate warmup", check=NON_NEGATIVE)
     ema_decay: float = _option(0.995, "decay of the weight EMA", check=UNIT_INTERVAL)
     grad_clip: float = _option(1.0, "maximum gradient norm", check=POSITIVE)
+    grad_clip_scope: str = _option(
+        "all",
+        "what grad_clip bounds: the norm of all gradients, or (apart) those of the transform's "
+        "parameters phi and of the rest, each on its own, so that phi's gradient does not "
+        "scale down the predictor's",
+        ("all", "apart"),
+    )
     seed: int = _option(0, "seed of initialisation, minibatches and noise", check=NON_NEGATIVE)
     checkpoint_every: int = _option(1000, "steps between checkpoints", check=POSITIVE)
     log_every: int = _option(100, "steps between metric lines", check=POSITIVE)

@@ -289,6 +289,20 @@ def _gradient_norms(model: nn.Module) -> dict[str, float]:
     }
 
 
+def clip_gradients(model: nn.Module, max_norm: float, apart: bool = False) -> Tensor:
+    """Scale the gradients so that their norm is at most ``max_norm``: over all parameters,
+    or (``apart``) over the transform's (:func:`_is_transform_parameter`) and over the rest,
+    each on its own. Returns the norm of all gradients before clipping."""
+    if not apart:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    params = list(model.named_parameters())
+    groups = [
+        [p for name, p in params if _is_transform_parameter(name) is phi] for phi in (True, False)
+    ]
+    norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in groups if group]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
 def _step(
     model: NDM | LatentNDM | DistributedDataParallel,
     optimizer: torch.optim.Optimizer,
@@ -315,7 +329,7 @@ def _step(
         for key, value in losses.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float().mean().item()
     norms = _gradient_norms(model)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    grad_norm = clip_gradients(model, cfg.train.grad_clip, cfg.train.grad_clip_scope == "apart")
     values = {k: v / len(micro_batches) for k, v in sums.items()}
     values = mean_over_processes(values | {"grad_norm": grad_norm.item()} | norms, place)
     if not all(math.isfinite(values[k]) for k in ("loss", "grad_norm")):
