@@ -92,7 +92,8 @@ def main() -> None:
         atomic_write(points, lambda file: save_points(file, train_x, test_x.float()))
     base = RunConfig(
         DataConfig("points", path=str(points.resolve())),
-        ModelConfig(objective="discrete", hidden=args.hidden, depth=args.depth),
+        # time embedded at 1000 t, the default when these rows were measured (now T t)
+        ModelConfig(objective="discrete", hidden=args.hidden, depth=args.depth, time_scale=1000.0),
         TrainConfig(steps=args.steps, batch_size=512, lr=2e-3, warmup_steps=200,
                     checkpoint_every=args.steps, log_every=100),
         EvalConfig(),
@@ -107,7 +108,8 @@ def main() -> None:
         f"{args.n_train} training points, {args.n_eval} test points of exact NLL "
         f"{exact_nll.mean():.4f} ± {exact_nll.std() / math.sqrt(args.n_eval):.4f}. MLP "
         f"{args.hidden}x{args.depth} for x_theta (and F_phi), schedule {base.model.schedule}, "
-        f"reverse variance {base.model.reverse_variance}, batch {base.train.batch_size}, lr "
+        f"reverse variance {base.model.reverse_variance}, time embedded at "
+        f"{base.model.time_scale:.0f} t, batch {base.train.batch_size}, lr "
         f"{base.train.lr}. Gap: NELBO (all T terms, float32, the mean of {args.draws} noise "
         "draws per test point, the same draws for every model) minus the exact NLL, nats, "
         "paired per test point (± its standard error over points for the best DDPM, ± the "
