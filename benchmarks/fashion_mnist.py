@@ -190,8 +190,8 @@ def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> 
         f"{args.fid_samples} samples against as many test images, features of a classifier "
         f"with test accuracy {info.get('classifier_test_accuracy', float('nan')):.3f}. "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
-        f"Training and evaluation of these rows took {_total_seconds(rows):.0f} s in all (the "
-        "train s and eval s columns; a run trained with 1000 steps is trained once); this "
+        f"training and evaluation of these rows took {_total_seconds(rows):.0f} s in all (the "
+        "train s and eval s columns; the 1000 → 10 rows reuse the T = 1000 runs); this "
         f"invocation took {seconds:.0f} s.",
         "",
         "| steps | model | NLL ↓ | NELBO ↓ | prior | diffusion | reconstruction | FID ↓ "

@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, nargs="+", default=[10, 1000])
     parser.add_argument("--n-eval", type=int, default=2000)
     parser.add_argument("--tol", type=float, default=1e-4, help="dopri5 rtol = atol of the NLL")
+    parser.add_argument("--time-scale", type=float, default=0.0,
+                        help="the networks' time embedding sees this times t (0: T t)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs") / "toy2d-discrete")
     args = parser.parse_args()
@@ -47,7 +49,7 @@ def main() -> None:
     base = replace(
         base,
         data=replace(base.data, dataset=args.dataset),
-        model=replace(base.model, objective="discrete"),
+        model=replace(base.model, objective="discrete", time_scale=args.time_scale),
         train=replace(base.train, steps=args.steps, checkpoint_every=args.steps),
         eval=replace(base.eval, n_eval=args.n_eval, rtol=args.tol, atol=args.tol),
     )
@@ -72,7 +74,8 @@ def main() -> None:
         f"# {args.dataset} in discrete time: NDM vs DDPM, {args.seeds} seeds, {args.steps} steps",
         "",
         f"MLP {m.hidden}x{m.depth} for x_theta (and F_phi), schedule {m.schedule}, reverse "
-        f"variance {m.reverse_variance} (learned), batch {base.train.batch_size}, lr "
+        f"variance {m.reverse_variance} (learned), time embedded at "
+        f"{'T' if not m.time_scale else f'{m.time_scale:.0f}'} t, batch {base.train.batch_size}, lr "
         f"{base.train.lr}, EMA {base.train.ema_decay}; {args.n_eval} test points, entropy "
         f"{splits.entropy:.3f} nats. NELBO: all T terms; NLL: probability-flow ODE, exact "
         f"divergence, dopri5 rtol=atol={args.tol}. torch {torch.__version__}, "
