@@ -40,23 +40,27 @@ PRESETS = {
 }
 
 
-PAPER = {"schedule": "linear", "reverse_variance": "posterior"}  # the paper's formulation
-LEARNED_ENDS = {"schedule_endpoints": "learned"}
-# name -> (label, transform, suffix of the run folder, model settings besides the defaults)
+# settings besides the defaults, by config section
+PAPER = {"model": {"schedule": "linear", "reverse_variance": "posterior"}}  # the paper's bound
+LEARNED_ENDS = {"model": {"schedule_endpoints": "learned"}}
+CLIPPED_APART = {"train": {"grad_clip_scope": "apart"}}
+# name -> (label, transform, suffix of the run folder, settings)
 MODELS = {
     "ddpm": ("DDPM", "identity", "", {}),
     "ndm": ("NDM", "learned", "", {}),
     "paper": ("DDPM, paper's bound", "identity", "-paper", PAPER),
     "ddpm-ends": ("DDPM, learned end points", "identity", "-ends", LEARNED_ENDS),
     "ndm-ends": ("NDM, learned end points", "learned", "-ends", LEARNED_ENDS),
+    "ndm-clip": ("NDM, phi and theta clipped apart", "learned", "-clip-apart", CLIPPED_APART),
 }
 ROWS = ("ddpm:10", "ndm:10", "ddpm:1000", "ndm:1000", "paper:1000", "ddpm-ends:10",
-        "ndm-ends:10")  # fmt: skip
+        "ndm-ends:10", "ndm-clip:10", "ndm-clip:1000")  # fmt: skip
 
 
 def _config(
     args: argparse.Namespace, transform: str, num_steps: int, settings: dict | None = None
 ) -> RunConfig:
+    settings = settings or {}
     preset = PRESETS[args.preset]
     return RunConfig(
         DataConfig(dataset="fashion_mnist", path=args.path, resolution=preset["resolution"]),
@@ -65,7 +69,7 @@ def _config(
             architecture=preset["architecture"],
             objective="discrete",
             num_steps=num_steps,
-            **(settings or {}),
+            **settings.get("model", {}),
         ),
         TrainConfig(
             steps=args.steps or preset["steps"],
@@ -77,6 +81,7 @@ def _config(
             log_every=50,
             device="auto",
             precision="bf16" if args.preset == "gpu" else "fp32",
+            **settings.get("train", {}),
         ),
         EvalConfig(
             n_eval=args.n_eval,
@@ -149,8 +154,8 @@ def main() -> None:
     rows = []
     for row in args.rows:
         name, num_steps = row.split(":")[0], int(row.split(":")[1])
-        label, transform, suffix, model_settings = MODELS[name]
-        cfg = _config(args, transform, num_steps, model_settings)
+        label, transform, suffix, run_settings = MODELS[name]
+        cfg = _config(args, transform, num_steps, run_settings)
         run_dir = args.runs_dir / f"{transform}{suffix}-T{num_steps}"
         model = trained_model(cfg, run_dir).eval()
         settings = (
