@@ -184,12 +184,12 @@ def fit_endpoints(
     batch: int = 256,
     lr: float = 0.05,
 ) -> tuple[float, float]:
-    """Train the learned end points of ``process.schedule`` (its only parameters; the
-    oracle follows the schedule) on the training estimate of the discrete NELBO of ``batch``
-    fresh examples per step, with the categorical decoder and Adam; return them as
-    ``(gamma_min, gamma_max)``. Each draw is seeded by its step."""
+    """Train the learned end points of ``process.schedule`` (only them; the oracle follows
+    the schedule) on the training estimate of the discrete NELBO of ``batch`` fresh examples
+    per step, with the categorical decoder and Adam; return them as ``(gamma_min,
+    gamma_max)``. Each draw is seeded by its step."""
     schedule = process.schedule
-    params = list(schedule.parameters())
+    params = list(schedule.endpoints.parameters())
     if not params:
         raise ValueError("the schedule has no learned end points to fit")
     optimizer = torch.optim.Adam(params, lr=lr)

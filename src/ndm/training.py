@@ -255,6 +255,14 @@ def _is_transform_parameter(name: str) -> bool:
     return ".process.transform." in f".{name}"
 
 
+def _transform_and_rest(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The parameters of the transform (:func:`_is_transform_parameter`) and all others."""
+    phi, rest = [], []
+    for name, param in model.named_parameters():
+        (phi if _is_transform_parameter(name) else rest).append(param)
+    return phi, rest
+
+
 def _parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     """The optimiser's parameter groups: one at ``cfg.lr``, or, with ``cfg.transform_lr``,
     the rest at ``lr`` (first: the logged ``lr``) and the transform's at ``transform_lr``;
@@ -275,12 +283,10 @@ def _gradient_norms(model: nn.Module) -> dict[str, float]:
     """``grad_norm_phi``: the norm of the loss gradient over the transform's parameters
     (``process.transform``), and ``grad_norm_theta`` over all others (predictor, schedule,
     autoencoder); empty when the transform has no parameters with gradients."""
-    phi, theta = [], []
-    for name, param in model.named_parameters():
-        if param.grad is not None:
-            (phi if _is_transform_parameter(name) else theta).append(
-                torch.linalg.vector_norm(param.grad.float())
-            )
+    phi, theta = (
+        [torch.linalg.vector_norm(p.grad.float()) for p in group if p.grad is not None]
+        for group in _transform_and_rest(model)
+    )
     if not phi:
         return {}
     return {
@@ -295,10 +301,7 @@ def clip_gradients(model: nn.Module, max_norm: float, apart: bool = False) -> Te
     each on its own. Returns the norm of all gradients before clipping."""
     if not apart:
         return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    params = list(model.named_parameters())
-    groups = [
-        [p for name, p in params if _is_transform_parameter(name) is phi] for phi in (True, False)
-    ]
+    groups = _transform_and_rest(model)
     norms = [torch.nn.utils.clip_grad_norm_(group, max_norm) for group in groups if group]
     return torch.linalg.vector_norm(torch.stack(norms))
 
