@@ -25,7 +25,13 @@ import torch
 
 from ndm.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from ndm.data.loading import Splits, model_input
-from ndm.evaluation import evaluate, fid_features, sample_images, sample_quality
+from ndm.evaluation import (
+    evaluate,
+    fid_features,
+    paired_difference,
+    sample_images,
+    sample_quality,
+)
 from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predictions_from_noise
 from ndm.model import NDM
 from ndm.training import load_data, load_run
@@ -53,6 +59,9 @@ MODELS = {
     "ndm-ends": ("NDM, learned end points", "learned", "-ends", LEARNED_ENDS),
     "ndm-clip": ("NDM, phi and theta clipped apart", "learned", "-clip-apart", CLIPPED_APART),
 }
+#: the model each is compared with on the same images and noise (the "paired" columns)
+REFERENCE = {"ndm": "ddpm", "paper": "ddpm", "ddpm-ends": "ddpm", "ndm-ends": "ddpm-ends",
+             "ndm-clip": "ddpm"}  # fmt: skip
 ROWS = ("ddpm:10", "ndm:10", "ddpm:1000", "ndm:1000", "paper:1000", "ddpm-ends:10",
         "ndm-ends:10", "ndm-clip:10", "ndm-clip:1000")  # fmt: skip
 
@@ -99,14 +108,15 @@ def _row(
     model: NDM, cfg: RunConfig, splits: Splits, features, steps: int, nll: dict | None = None
 ) -> dict:
     """NLL (taken from ``nll``, the row of the training grid, when given: the ODE does not
-    depend on the grid), NELBO on a ``steps``-step grid and FID / FID* with ``steps``
-    sampler steps; ``seconds``: how long it took."""
+    depend on the grid), NELBO on a ``steps``-step grid, both also per test image, and FID /
+    FID* with ``steps`` sampler steps; ``seconds``: how long it took."""
     began = time.perf_counter()
     likelihood_model = model if steps == model.num_steps else model.with_num_steps(steps)
     eval_cfg = cfg.eval
-    row = evaluate(likelihood_model, splits, eval_cfg, with_nll=nll is None)
+    row = evaluate(likelihood_model, splits, eval_cfg, with_nll=nll is None, per_example=True)
     if nll is not None:
         row |= {key: value for key, value in nll.items() if key.startswith("nll")}
+        row["per_example_bpd"]["nll"] = nll["per_example_bpd"]["nll"]
     for key, sampler in (("fid", "ddpm"), ("fid_ddim", "ddim")):
         quality = sample_quality(
             model, splits, replace(eval_cfg, fid_sampler=sampler), features, steps
@@ -154,20 +164,21 @@ def main() -> None:
     rows = []
     for row in args.rows:
         name, num_steps = row.split(":")[0], int(row.split(":")[1])
-        label, transform, suffix, run_settings = MODELS[name]
+        _, transform, suffix, run_settings = MODELS[name]
         cfg = _config(args, transform, num_steps, run_settings)
         run_dir = args.runs_dir / f"{transform}{suffix}-T{num_steps}"
         model = trained_model(cfg, run_dir).eval()
         settings = (
             f"n_eval={args.n_eval},fid_samples={args.fid_samples},"
-            f"classifier_steps={args.classifier_steps},nll_max_steps={args.nll_max_steps}"
+            f"classifier_steps={args.classifier_steps},nll_max_steps={args.nll_max_steps},"
+            "per_example"
         )
         measure = partial(_row, model, cfg, splits, features)
         own = cached_row(run_dir, f"T={num_steps},{settings}", partial(measure, num_steps))
-        rows.append((str(num_steps), label, own | {"train_seconds": training_seconds(run_dir)}))
+        rows.append((str(num_steps), name, own | {"train_seconds": training_seconds(run_dir)}))
         if num_steps == 1000:
             coarse = cached_row(run_dir, f"T=10,{settings}", partial(measure, 10, own))
-            rows.append(("1000 → 10", label, coarse))
+            rows.append(("1000 → 10", name, coarse))
         # the table so far, rewritten after every model
         report(_table(args, rows, info, time.perf_counter() - began), args.out)
     trained_1000 = all((args.runs_dir / f"{t}-T1000" / "checkpoint.pt").exists()
@@ -191,7 +202,9 @@ def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> 
         f"{args.n_eval} dequantised test images, + log2(128) = 7 bits/dim (NLL: Hutchinson, 1 "
         f"probe, dopri5 rtol=atol=1e-3 with at most {args.nll_max_steps} steps for the "
         f"{args.n_eval} images; NELBO: the sum of all T terms, its prior, diffusion and "
-        "reconstruction terms; ± one standard error over images); FID from "
+        "reconstruction terms; ± one standard error over images); paired: NLL and NELBO minus "
+        "those of the model named on the same images and noise, ± the standard error of "
+        "the per-image differences (negative: better); FID from "
         f"{args.fid_samples} samples against as many test images, features of a classifier "
         f"with test accuracy {info.get('classifier_test_accuracy', float('nan')):.3f}. "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
@@ -200,24 +213,41 @@ def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> 
         f"invocation took {seconds:.0f} s.",
         "",
         "| steps | model | NLL ↓ | NELBO ↓ | prior | diffusion | reconstruction | FID ↓ "
-        "| FID* (DDIM) ↓ | train s | eval s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| FID* (DDIM) ↓ | paired: NLL, NELBO − | train s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = ("10", "1000", "1000 → 10")
-    for steps, label, r in sorted(rows, key=lambda row: order.index(row[0])):
+    by_key = {(steps, name): r for steps, name, r in rows}
+    for steps, name, r in sorted(rows, key=lambda row: order.index(row[0])):
         nll = (
             f"{r['nll_bpd']:.3f} ± {r['nll_bpd_stderr']:.3f}"
             if "nll_bpd" in r
             else f"stiff: > {args.nll_max_steps} steps"
         )
         lines.append(
-            f"| {steps} | {label} | {nll} | "
+            f"| {steps} | {MODELS[name][0]} | {nll} | "
             f"{r['nelbo_bpd']:.3f} ± {r['nelbo_bpd_stderr']:.3f} | "
             f"{r['nelbo_prior_bpd']:.3f} | {r['nelbo_diffusion_bpd']:.3f} | "
             f"{r['nelbo_reconstruction_bpd']:.3f} | {r['fid']:.2f} | {r['fid_ddim']:.2f} | "
+            f"{_paired(r, by_key.get((steps, REFERENCE.get(name))), REFERENCE.get(name))} | "
             f"{_seconds(r.get('train_seconds'))} | {_seconds(r.get('seconds'))} |"
         )
     return "\n".join(lines)
+
+
+def _paired(row: dict, reference: dict | None, name: str | None) -> str:
+    """``row``'s NLL and NELBO minus ``reference``'s, paired by image (empty without one)."""
+    if reference is None:
+        return ""
+    parts = []
+    for key in ("nll", "nelbo"):
+        values, others = row["per_example_bpd"], reference["per_example_bpd"]
+        if key in values and key in others:
+            mean, stderr = paired_difference(values[key], others[key])
+            parts.append(f"{mean:+.3f} ± {stderr:.3f}")
+        else:
+            parts.append("—")
+    return f"{', '.join(parts)} ({MODELS[name][0]})"
 
 
 def _seconds(value: float | None) -> str:

@@ -80,7 +80,13 @@ def likelihood_metrics(
     return metrics
 
 
-def evaluate(model: NDM, splits: Splits, cfg: EvalConfig, with_nll: bool = True) -> dict:
+def evaluate(
+    model: NDM,
+    splits: Splits,
+    cfg: EvalConfig,
+    with_nll: bool = True,
+    per_example: bool = False,
+) -> dict:
     """Likelihood metrics on the first ``cfg.n_eval`` test examples.
 
     Keys (nats per example unless ``_bpd``): ``nll`` and ``nll_stderr`` (probability-flow
@@ -92,6 +98,10 @@ def evaluate(model: NDM, splits: Splits, cfg: EvalConfig, with_nll: bool = True)
     Without ``with_nll`` the ODE is not solved and the ``nll`` keys are absent (the NELBO of
     another grid of the same model, whose ODE is the same); so are they, with
     ``nll_failure`` saying why, when a solve needs more than ``cfg.nll_max_steps`` steps.
+    With ``per_example``, ``per_example_bpd`` holds the ``nll`` (when solved) and ``nelbo``
+    of each test example ``[n_eval]`` in bits/dim, for differences of two models paired by
+    example (:func:`paired_difference`): every model draws the same dequantisation, probes
+    and NELBO noise from one generator seeded 0.
     """
     splits.require_test_examples()
     param = next(model.parameters())
@@ -135,11 +145,29 @@ def evaluate(model: NDM, splits: Splits, cfg: EvalConfig, with_nll: bool = True)
     metrics = likelihood_metrics(nll, nfes, divergence, terms, dims, offset)
     if failure is not None:
         metrics["nll_failure"] = failure
+    if per_example:
+        values = {"nelbo": torch.cat(terms["total"])} | ({"nll": torch.cat(nll)} if nll else {})
+        metrics["per_example_bpd"] = {
+            key: bits_per_dim(value.double(), dims, offset).tolist()
+            for key, value in values.items()
+        }
     metrics["entropy"] = splits.entropy
     metrics["entropy_bpd"] = (
         None if splits.entropy is None else float(bits_per_dim(torch.tensor(splits.entropy), dims))
     )
     return metrics
+
+
+def paired_difference(values: list[float], reference: list[float]) -> tuple[float, float]:
+    """Mean and standard error of ``values[i] - reference[i]`` over examples ``i``: the
+    difference of two models scored on the same examples and noise, whose error leaves out
+    what the examples' spread adds to each model's own."""
+    if len(values) != len(reference) or len(values) < 2:
+        raise ValueError(
+            f"paired values need equal lengths of at least 2, got {len(values)} and "
+            f"{len(reference)}"
+        )
+    return _mean_and_stderr(torch.tensor(values, dtype=torch.float64) - torch.tensor(reference))
 
 
 def evaluate_latent(model: LatentNDM, splits: Splits, cfg: EvalConfig) -> dict:
