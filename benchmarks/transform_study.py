@@ -69,41 +69,37 @@ REGIMES = {
     "T = 10": {"objective": "discrete", "num_steps": 10, "time_scale": 1000.0},
     "continuous": {"objective": "continuous"},
 }
-#: name: (label, model overrides, train overrides given the base train section)
+#: name: (label, model overrides)
 VARIANTS = {
-    "ddpm": ("DDPM (F = x)", {"transform": "identity"}, lambda train: {}),
-    "ndm": ("NDM, F = x + t NN, NN's output zero at init (default)", {}, lambda train: {}),
+    "ddpm": ("DDPM (F = x)", {"transform": "identity"}),
+    "ndm": ("NDM, F = x + t NN, NN's output zero at init (default)", {}),
     "interpolation": (
         "NDM, F = (1 - t) x + t NN",
         {"transform_form": "interpolation"},
-        lambda train: {},
     ),
     "random-init": (
         "NDM, NN's output at PyTorch's init",
         {"transform_init_scale": 1.0},
-        lambda train: {},
     ),
-    "phi-lr": ("NDM, lr of phi x 3", {}, lambda train: {"transform_lr": 3 * train.lr}),
+    "phi-lr": ("NDM, lr of phi x 3", {}),
     "slow-time": (
         "NDM, F's time embedding at 10 t, not 1000 t",
         {"transform_time_scale": 10.0},
-        lambda train: {},
     ),
-    "clip-apart": (
-        "NDM, gradients of phi and theta clipped apart",
-        {},
-        lambda train: {"grad_clip_scope": "apart"},
-    ),
+    "clip-apart": ("NDM, gradients of phi and theta clipped apart", {}),
     "ddpm-step-index": (
         "DDPM (F = x), time embedded as the step index T t",
         {"transform": "identity", "time_scale": 0.0},
-        lambda train: {},
     ),
     "step-index": (
         "NDM, both networks' time embedded as the step index T t",
         {"time_scale": 0.0},
-        lambda train: {},
     ),
+}
+#: name: train overrides given the base train section, of the variants that have any
+TRAIN_OVERRIDES = {
+    "phi-lr": lambda train: {"transform_lr": 3 * train.lr},
+    "clip-apart": lambda train: {"grad_clip_scope": "apart"},
 }
 #: variants that differ from another only in discrete time
 DISCRETE_ONLY = ("ddpm-step-index", "step-index")
@@ -130,11 +126,12 @@ def base_config(dataset: str, steps: int) -> RunConfig:
 
 
 def variant_config(base: RunConfig, regime: str, variant: str, seed: int) -> RunConfig:
-    _, model, train = VARIANTS[variant]
+    _, model = VARIANTS[variant]
+    train = TRAIN_OVERRIDES.get(variant, lambda train: {})(base.train)
     return replace(
         base,
         model=replace(base.model, **(REGIMES[regime] | model)),
-        train=replace(base.train, seed=seed, **train(base.train)),
+        train=replace(base.train, seed=seed, **train),
     )
 
 
