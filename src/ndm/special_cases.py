@@ -7,7 +7,7 @@ noise). Options not named by a case keep their defaults and may be changed freel
 
 - ``ddpm``: DDPM / DDIM, ``N(alpha_t x, sigma_t^2 I)`` with the linear VP schedule.
 - ``flow_matching``: flow matching (OT path), ``N((1 - t) x, (sigma_min + (1 - sigma_min) t)^2 I)``.
-- ``vdm``: VDM, ``N(alpha_t x, sigma_t^2 I)`` with the learned monotone ``gamma_eta(t)``.
+- ``vdm``: VDM, ``N(alpha_t x, sigma_t^2 I)`` with the learned monotone ``gamma_eta(t)`` and ends.
 - ``blurring``: blurring diffusion, ``N(alpha_t B_t x, sigma_t^2 I)`` with the heat blur ``B_t``.
 - ``ndm``: NDM, ``N(alpha_t F_phi(x, t), sigma_t^2 I)`` with ``F_phi(x, t) = x + t NN_phi(x, t)``.
 
@@ -78,12 +78,14 @@ SPECIAL_CASES: MappingProxyType[str, SpecialCase] = MappingProxyType(
             "VDM",
             "z_t ~ N(alpha_t x, sigma_t^2 I), alpha_t^2 = sigmoid(-gamma_eta(t)), "
             "sigma_t^2 = sigmoid(gamma_eta(t)), gamma_eta(t) = gamma_min + (gamma_max - "
-            "gamma_min) (h(t) - h(0)) / (h(1) - h(0)) with h monotone (non-negative weights), "
-            "gamma_min = -13.3, gamma_max = 5. eta is trained with the model on the continuous "
-            "NELBO with one time drawn in each stratum of [0, 1] (VDM's low-discrepancy "
-            "sampler also puts one time in each stratum, on a randomly shifted lattice).",
+            "gamma_min) (h(t) - h(0)) / (h(1) - h(0)) with h monotone (non-negative weights); "
+            "the ends gamma_min and gamma_max start at -13.3 and 5. eta and the ends are "
+            "trained with the model on the continuous NELBO, as in VDM, with one time drawn "
+            "in each stratum of [0, 1] (VDM's low-discrepancy sampler also puts one time in "
+            "each stratum, on a randomly shifted lattice).",
             transform="identity",
             schedule="learned",
+            schedule_endpoints="learned",
             parameterisation="eps",
             objective="continuous",
             time_sampling="stratified",
