@@ -9,7 +9,9 @@ default, and the double-backward trick) and with the separable transform, whose 
 not see the time. A second table times three ways of getting
 ``(F, dF/dt)`` of the learned transform with a backward pass through both, with the bytes
 each saves: ``torch.func.jvp``, ``torch.autograd.forward_ad`` dual numbers and the
-double-backward trick. Usage::
+double-backward trick. A third times the clipping of NDM's gradients
+(``ndm.training.clip_gradients``) over all parameters against over ``phi`` and ``theta``
+apart, beside the discrete training step it follows. Usage::
 
     python benchmarks/step_time.py                      # CPU: MLP and the U-Net presets
     python benchmarks/step_time.py --device cuda --precision bf16
@@ -31,6 +33,7 @@ from torch import Tensor
 from ndm.builders import build_model
 from ndm.config import ModelConfig
 from ndm.model import NDM
+from ndm.training import clip_gradients
 from ndm.transforms import LearnedTransform
 
 from report import report
@@ -271,6 +274,32 @@ def derivative_table(args: argparse.Namespace, device: torch.device) -> list[str
     return lines
 
 
+def clipping_table(args: argparse.Namespace, device: torch.device) -> list[str]:
+    """Seconds of NDM's discrete training step and of clipping its gradients (max norm 1)
+    over all parameters or over ``phi`` and ``theta`` apart, timed alternately."""
+    header = "| network | batch | step s | clip over all s | clip apart s | (apart - all) / step |"
+    lines = [header, "|---|---|---|---|---|---|"]
+    for name, arch, shape, batch in CASES:
+        if args.only and arch not in args.only:
+            continue
+        torch.manual_seed(0)
+        model = build(arch, shape, "learned", "discrete").to(device)
+        x = torch.rand(batch, *shape, device=device) * 2 - 1
+        calls = {
+            "step": make_step(model, x, args.precision),  # leaves the gradients to clip
+            "all": lambda model=model: clip_gradients(model, 1.0),
+            "apart": lambda model=model: clip_gradients(model, 1.0, apart=True),
+        }
+        seconds = time_alternately(calls, args.repeats, device)
+        share = (seconds["apart"] - seconds["all"]) / seconds["step"]
+        lines.append(
+            f"| {name} | {batch} | {seconds['step']:.4f} | {seconds['all']:.5f} | "
+            f"{seconds['apart']:.5f} | {share:.4f} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -281,8 +310,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time each model compiled")
     parser.add_argument("--skip", nargs="*", default=[], choices=[n for n in MODELS if n != "DDPM"],
                         help="NDM variants left out (e.g. where their memory does not fit)")  # fmt: skip
-    parser.add_argument("--tables", nargs="+", choices=("steps", "derivatives"),
-                        default=["steps", "derivatives"])  # fmt: skip
+    parser.add_argument("--tables", nargs="+", choices=("steps", "derivatives", "clipping"),
+                        default=["steps", "derivatives", "clipping"])  # fmt: skip
     parser.add_argument("--out", default=None, help="also write the tables here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -298,7 +327,10 @@ def main() -> None:
         lines += ["# Training step: NDM against DDPM", ""] + step_table(args, device) + [""]
     if "derivatives" in args.tables:
         lines += ["# (F, dF/dt) of the learned transform, forward and backward", ""]
-        lines += derivative_table(args, device)
+        lines += derivative_table(args, device) + [""]
+    if "clipping" in args.tables:
+        lines += ["# Clipping NDM's gradients: over all parameters or phi and theta apart", ""]
+        lines += clipping_table(args, device)
     if args.out:
         report("\n".join(lines), args.out)
 
