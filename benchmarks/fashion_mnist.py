@@ -90,6 +90,7 @@ def _config(
             log_every=50,
             device="auto",
             precision="bf16" if args.preset == "gpu" else "fp32",
+            seed=args.seed,
             **settings.get("train", {}),
         ),
         EvalConfig(
@@ -145,6 +146,8 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--path", default=DEBIAN_PATH, help="folder of the IDX files")
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: the preset's)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="training seed (of initialisation, minibatches and noise)")  # fmt: skip
     parser.add_argument("--n-eval", type=int, default=50, help="test images for NLL/NELBO")
     parser.add_argument("--fid-samples", type=int, default=100)
     parser.add_argument("--classifier-steps", type=int, default=400)
@@ -194,7 +197,8 @@ def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> 
         "(discrete time, bits/dim)",
         "",
         f"Preset {args.preset}: U-Net {preset['architecture']} for x_theta and F_phi, "
-        f"{args.steps or preset['steps']} steps of batch {preset['batch_size']}, trained on "
+        f"{args.steps or preset['steps']} steps of batch {preset['batch_size']} (training seed "
+        f"{args.seed}), trained on "
         "uniformly dequantised images, time embedded as the step index T t; log-SNR-linear "
         "schedule and learned reverse variance "
         "(the paper's bound: linear VP schedule, posterior variance; learned end points: "
