@@ -167,7 +167,10 @@ def paired_difference(values: list[float], reference: list[float]) -> tuple[floa
             f"paired values need equal lengths of at least 2, got {len(values)} and "
             f"{len(reference)}"
         )
-    return _mean_and_stderr(torch.tensor(values, dtype=torch.float64) - torch.tensor(reference))
+    difference = torch.tensor(values, dtype=torch.float64) - torch.tensor(
+        reference, dtype=torch.float64
+    )
+    return _mean_and_stderr(difference)
 
 
 def evaluate_latent(model: LatentNDM, splits: Splits, cfg: EvalConfig) -> dict:
