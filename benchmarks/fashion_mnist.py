@@ -55,6 +55,9 @@ PRESETS = {
 PAPER = {"model": {"schedule": "linear", "reverse_variance": "posterior"}}  # the paper's bound
 LEARNED_ENDS = {"model": {"schedule_endpoints": "learned"}}
 CLIPPED_APART = {"train": {"grad_clip_scope": "apart"}}
+# phi kept at F = x (its output layer starts at zero and barely moves at this learning rate),
+# while its gradient still enters the one clip: what training beside phi does without F
+FROZEN_PHI = {"train": {"transform_lr": 1e-12}}
 # name -> (label, transform, suffix of the run folder, settings)
 MODELS = {
     "ddpm": ("DDPM", "identity", "", {}),
@@ -63,12 +66,13 @@ MODELS = {
     "ddpm-ends": ("DDPM, learned end points", "identity", "-ends", LEARNED_ENDS),
     "ndm-ends": ("NDM, learned end points", "learned", "-ends", LEARNED_ENDS),
     "ndm-clip": ("NDM, phi and theta clipped apart", "learned", "-clip-apart", CLIPPED_APART),
+    "ndm-frozen": ("NDM, phi frozen at F = x", "learned", "-frozen-phi", FROZEN_PHI),
 }
 #: the model each is compared with on the same images and noise (the "paired" columns)
 REFERENCE = {"ndm": "ddpm", "paper": "ddpm", "ddpm-ends": "ddpm", "ndm-ends": "ddpm-ends",
-             "ndm-clip": "ddpm"}  # fmt: skip
+             "ndm-clip": "ddpm", "ndm-frozen": "ddpm"}  # fmt: skip
 ROWS = ("ddpm:10", "ndm:10", "ddpm:1000", "ndm:1000", "paper:1000", "ddpm-ends:10",
-        "ndm-ends:10", "ndm-clip:10", "ndm-clip:1000")  # fmt: skip
+        "ndm-ends:10", "ndm-clip:10", "ndm-clip:1000", "ndm-frozen:1000")  # fmt: skip
 
 
 def _config(
