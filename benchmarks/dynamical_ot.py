@@ -39,11 +39,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from ndm.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from ndm.data.toy2d import toy2d_splits  # noqa: E402
-from ndm.model import NDM  # noqa: E402
-from ndm.training import train  # noqa: E402
-from ndm.transport import (  # noqa: E402
+from ndm.analysis.transport import (  # noqa: E402
     FlowPaths,
     chord_length_ratio,
     exact_ot_cost,
@@ -52,6 +48,10 @@ from ndm.transport import (  # noqa: E402
     path_straightness,
     probability_flow_paths,
 )
+from ndm.data.toy2d import toy2d_splits  # noqa: E402
+from ndm.models.ndm import NDM  # noqa: E402
+from ndm.runs.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from ndm.runs.training import train  # noqa: E402
 
 from report import report
 

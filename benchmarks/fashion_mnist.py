@@ -24,21 +24,22 @@ from pathlib import Path
 
 import torch
 
-from ndm.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from ndm.analysis.diagnostics import identity_transform_gap, transform_displacement
 from ndm.data.images import dequantise
 from ndm.data.loading import Splits, model_input
-from ndm.diagnostics import identity_transform_gap, transform_displacement
-from ndm.evaluation import (
+from ndm.evaluation.evaluate import (
     evaluate,
     fid_features,
     paired_difference,
     sample_images,
     sample_quality,
 )
-from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predictions_from_noise
-from ndm.likelihood import bits_per_dim
-from ndm.model import NDM
-from ndm.training import load_data, load_run
+from ndm.losses.likelihood import bits_per_dim
+from ndm.models.ndm import NDM
+from ndm.plots.images import plot_image_samples, plot_image_transform, plot_predictions_from_noise
+from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from ndm.runs.folder import load_run
+from ndm.runs.inputs import load_data
 
 from report import report
 from runs import cached_row, trained_model, training_seconds
@@ -55,9 +56,9 @@ PRESETS = {
 PAPER = {"model": {"schedule": "linear", "reverse_variance": "posterior"}}  # the paper's bound
 LEARNED_ENDS = {"model": {"schedule_endpoints": "learned"}}
 CLIPPED_APART = {"train": {"grad_clip_scope": "apart"}}
-# phi kept at F = x (its output layer starts at zero and barely moves at this learning rate),
+# phi frozen at F = x (its output layer starts at zero; a learning rate of 0 keeps it there),
 # while its gradient still enters the one clip: what training beside phi does without F
-FROZEN_PHI = {"train": {"transform_lr": 1e-12}}
+FROZEN_PHI = {"train": {"transform_lr": 0.0}}
 # name -> (label, transform, suffix of the run folder, settings)
 MODELS = {
     "ddpm": ("DDPM", "identity", "", {}),
@@ -106,7 +107,7 @@ def _config(
             n_eval=args.n_eval,
             rtol=1e-3,
             atol=1e-3,
-            nelbo_terms=0,
+            nelbo_terms=None,
             nll_max_steps=args.nll_max_steps,
             fid_samples=args.fid_samples,
             classifier_steps=args.classifier_steps,
@@ -137,7 +138,7 @@ def _row(
 
 def _what_f_does(model: NDM, splits: Splits, n_eval: int) -> dict:
     """What the learned ``F`` does to the first ``n_eval`` dequantised test images
-    (:mod:`ndm.diagnostics`): ``moved``, its displacement ``E||F(x, t) - x||^2 / E||x||^2``
+    (:mod:`ndm.analysis.diagnostics`): ``moved``, its displacement ``E||F(x, t) - x||^2 / E||x||^2``
     at ``TIMES``, and ``identity_gap`` (± ``identity_gap_stderr``), the NELBO on the
     training grid with ``F = x`` at evaluation minus the model's, bits/dim, paired by image."""
     x = dequantise(splits.test[:n_eval], splits.num_levels, torch.Generator().manual_seed(1))

@@ -38,13 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ndm.builders import build_model
-from ndm.checkpoint import load_checkpoint
-from ndm.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
-from ndm.likelihood import ode_nll
-from ndm.objectives import continuous_diffusion_integrand, discrete_diffusion_term
-from ndm.samplers import get_sampler, time_grid
-from ndm.training import train
+from ndm.losses.likelihood import ode_nll
+from ndm.losses.objectives import continuous_diffusion_integrand, discrete_diffusion_term
+from ndm.runs.builders import build_model
+from ndm.runs.checkpoint import load_checkpoint
+from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from ndm.runs.training import train
+from ndm.sampling.samplers import get_sampler, time_grid
 
 from report import report
 from step_time import MODELS, make_step, step_table

@@ -1,7 +1,7 @@
 """The shape of the paper's Table 3: a latent NDM with a learned transform against plain latent
 diffusion (identity transform), same autoencoder settings, networks and budget.
 
-Both models are :class:`~ndm.latent.LatentNDM` runs that differ only in ``transform``. Each row
+Both models are :class:`~ndm.models.latent.LatentNDM` runs that differ only in ``transform``. Each row
 reports, in bits/dim of the 8-bit data (divided by the data's dimension, not the latents'):
 the bound with the probability-flow ODE's ``-log p(y)`` (NLL, Hutchinson, dopri5), the bound
 with the NDM's continuous NELBO of ``y`` and its decoder and encoder terms, and FID (features
@@ -22,9 +22,17 @@ from pathlib import Path
 
 import torch
 
-from ndm.config import DataConfig, EvalConfig, LatentConfig, ModelConfig, RunConfig, TrainConfig
-from ndm.evaluation import evaluate_latent, fid_features, sample_quality
-from ndm.training import load_data, train
+from ndm.evaluation.evaluate import evaluate, fid_features, sample_quality
+from ndm.runs.config import (
+    DataConfig,
+    EvalConfig,
+    LatentConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+from ndm.runs.inputs import load_data
+from ndm.runs.training import train
 
 from report import report
 
@@ -142,7 +150,7 @@ def main() -> None:
         model = train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").exists())
         seconds = time.perf_counter() - start
         model.eval()
-        row = evaluate_latent(model, splits, cfg.eval)
+        row = evaluate(model, splits, cfg.eval)
         row |= sample_quality(model, splits, cfg.eval, features, cfg.eval.fid_steps)
         rows.append((label, row, seconds))
 

@@ -2,7 +2,7 @@
 
 Data: ``D`` independent dimensions of ``L``-level lattice data (uniform levels, or a skewed
 law with 40% of the mass on level 0), whose exact posterior ``E[x | z_t]`` and
-``Var[x | z_t]`` play the network (:mod:`ndm.lattice_oracle`). For each formulation of the
+``Var[x | z_t]`` play the network (:mod:`ndm.analysis.lattice_oracle`). For each formulation of the
 bound and each ``T`` the table gives the discrete NELBO (all ``T`` terms, the categorical
 decoder) minus the entropy, in bits/dim, ± one standard error over examples. Usage::
 
@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ndm.decoders import CategoricalDecoder
-from ndm.lattice_oracle import (
+from ndm.analysis.lattice_oracle import (
     LatticeOracle,
     centres,
     entropy_nats,
@@ -28,9 +27,10 @@ from ndm.lattice_oracle import (
     make_transform,
     sample_levels,
 )
-from ndm.likelihood import discrete_nelbo
-from ndm.process import NeuralDiffusion
-from ndm.schedules import LinearVPSchedule, LogSNRLinearSchedule
+from ndm.diffusion.decoders import CategoricalDecoder
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import LinearVPSchedule, LogSNRLinearSchedule
+from ndm.losses.likelihood import discrete_nelbo
 
 from report import report
 

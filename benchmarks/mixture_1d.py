@@ -6,10 +6,10 @@ NLL is known. Rows at ``T = 10`` and ``T = 1000``: the gap of the discrete NELBO
 all ``T`` terms, nats) to the exact NLL, paired per test point,
 
 * of the best DDPM on the same schedule and grid: the exact posterior mean and variance
-  (:mod:`ndm.mixture_oracle`), the room a learned ``F`` has to close;
+  (:mod:`ndm.analysis.mixture_oracle`), the room a learned ``F`` has to close;
 * of DDPM and NDM trained on the same budget with the same MLP predictor (NDM adds
   ``F_phi``), mean ± standard error over training seeds, the per-seed values beside;
-* for NDM, what its ``F`` does (:mod:`ndm.diagnostics`): the displacement
+* for NDM, what its ``F`` does (:mod:`ndm.analysis.diagnostics`): the displacement
   ``E||F(x, t) - x||^2 / E||x||^2`` at ``t = 0.5`` and ``1``, and the NELBO gap when ``F``
   is replaced by the identity at evaluation. Usage::
 
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from ndm.checkpoint import atomic_write
-from ndm.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from ndm.analysis.diagnostics import identity_transform_gap, transform_displacement
+from ndm.analysis.mixture_oracle import GaussianMixture, MixtureOracle
 from ndm.data.points import save_points
-from ndm.diagnostics import identity_transform_gap, transform_displacement
-from ndm.mixture_oracle import GaussianMixture, MixtureOracle
-from ndm.model import NDM
-from ndm.process import NeuralDiffusion
-from ndm.transforms import IdentityTransform
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.transforms import IdentityTransform
+from ndm.models.ndm import NDM
+from ndm.runs.checkpoint import atomic_write
+from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 
 from report import mean_and_stderr, report
 from runs import cached_row, trained_model

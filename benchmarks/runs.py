@@ -7,11 +7,12 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ndm.checkpoint import atomic_write, load_checkpoint
-from ndm.config import RunConfig
-from ndm.latent import LatentNDM
-from ndm.model import NDM
-from ndm.training import load_run, train
+from ndm.models.latent import LatentNDM
+from ndm.models.ndm import NDM
+from ndm.runs.checkpoint import atomic_write, load_checkpoint
+from ndm.runs.config import RunConfig
+from ndm.runs.folder import load_run
+from ndm.runs.training import train
 
 
 def trained_model(cfg: RunConfig, run_dir: Path) -> NDM | LatentNDM:

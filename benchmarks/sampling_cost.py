@@ -29,13 +29,14 @@ from pathlib import Path
 
 import torch
 
-from ndm.builders import build_model
-from ndm.config import ModelConfig
 from ndm.data.images import dequantise
-from ndm.model import NDM
-from ndm.samplers import get_sampler, time_grid
-from ndm.schedules import TableVPSchedule
-from ndm.training import load_data, load_run
+from ndm.diffusion.schedules import TableVPSchedule
+from ndm.models.ndm import NDM
+from ndm.runs.builders import build_model
+from ndm.runs.config import ModelConfig
+from ndm.runs.folder import load_run
+from ndm.runs.inputs import load_data
+from ndm.sampling.samplers import get_sampler, time_grid
 
 from report import report
 

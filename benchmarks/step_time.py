@@ -10,7 +10,7 @@ not see the time. A second table times three ways of getting
 ``(F, dF/dt)`` of the learned transform with a backward pass through both, with the bytes
 each saves: ``torch.func.jvp``, ``torch.autograd.forward_ad`` dual numbers and the
 double-backward trick. A third times the clipping of NDM's gradients
-(``ndm.training.clip_gradients``) over all parameters against over ``phi`` and ``theta``
+(``ndm.runs.training.clip_gradients``) over all parameters against over ``phi`` and ``theta``
 apart, beside the discrete training step it follows. Usage::
 
     python benchmarks/step_time.py                      # CPU: MLP and the U-Net presets
@@ -30,11 +30,11 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import Tensor
 
-from ndm.builders import build_model
-from ndm.config import ModelConfig
-from ndm.model import NDM
-from ndm.training import clip_gradients
-from ndm.transforms import LearnedTransform
+from ndm.diffusion.transforms import LearnedTransform
+from ndm.models.ndm import NDM
+from ndm.runs.builders import build_model
+from ndm.runs.config import ModelConfig
+from ndm.runs.optim import clip_gradients
 
 from report import report
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from ndm.data.toy2d import toy2d_splits
-from ndm.objectives import continuous_nelbo_terms
-from ndm.timesampling import TIME_SAMPLINGS
-from ndm.training import load_run
+from ndm.diffusion.timesampling import TIME_SAMPLINGS
+from ndm.losses.objectives import continuous_nelbo_terms
+from ndm.runs.folder import load_run
 
 from report import report
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from ndm.config import RunConfig
 from ndm.data.loading import Splits
-from ndm.evaluation import evaluate
-from ndm.training import load_data, train
+from ndm.evaluation.evaluate import evaluate
+from ndm.runs.config import RunConfig
+from ndm.runs.inputs import load_data
+from ndm.runs.training import train
 
 from report import report
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ndm.config import RunConfig
-from ndm.evaluation import evaluate
-from ndm.training import load_data
+from ndm.evaluation.evaluate import evaluate
+from ndm.runs.config import RunConfig
+from ndm.runs.inputs import load_data
 
 from report import mean_and_stderr, report
 from runs import trained_model

@@ -10,12 +10,12 @@ Every variant is trained with each of ``--seeds`` seeds on the same data and bud
   draws per example; the same noise for every model), nats for points, bits/dim for the
   digits (uniformly dequantised, + log2(L / 2)), mean ± standard error over seeds;
 * its difference to DDPM of the same seed and budget (negative: NDM is better);
-* what ``F`` does (:mod:`ndm.diagnostics`): the displacement ``E||F(x, t) - x||^2 /
+* what ``F`` does (:mod:`ndm.analysis.diagnostics`): the displacement ``E||F(x, t) - x||^2 /
   E||x||^2`` at ``t = 0.25, 0.5, 0.75, 1`` and the NELBO gap when ``F`` is replaced by the
   identity at evaluation (positive: the predictor relies on ``F``);
 * the median over training of ``grad_norm_phi / grad_norm_theta`` (the gradient's share
   that reaches ``F``), the signal-to-noise ratio of the trained model's gradient over
-  ``phi`` and over ``theta`` (:func:`ndm.diagnostics.gradient_signal_to_noise`). Step
+  ``phi`` and over ``theta`` (:func:`ndm.analysis.diagnostics.gradient_signal_to_noise`). Step
   times are measured apart, by ``benchmarks/step_time.py``.
 
 "Longer" runs continue copies of the default NDM and DDPM runs to twice the steps (the
@@ -47,19 +47,20 @@ from pathlib import Path
 
 import torch
 
-from ndm.config import RunConfig, config_from_dict
-from ndm.data.images import dequantise
-from ndm.data.loading import Splits, model_input
-from ndm.diagnostics import (
+from ndm.analysis.diagnostics import (
     gradient_signal_to_noise,
     identity_transform_gap,
     transform_displacement,
 )
-from ndm.evaluation import evaluate
-from ndm.image_plots import plot_image_transform, plot_predictions_from_noise
-from ndm.model import NDM
-from ndm.plots import plot_transform
-from ndm.training import load_data, load_run
+from ndm.data.images import dequantise
+from ndm.data.loading import Splits, model_input
+from ndm.evaluation.evaluate import evaluate
+from ndm.models.ndm import NDM
+from ndm.plots.images import plot_image_transform, plot_predictions_from_noise
+from ndm.plots.points import plot_transform
+from ndm.runs.config import RunConfig, config_from_dict
+from ndm.runs.folder import load_run
+from ndm.runs.inputs import load_data
 
 from report import mean_and_stderr, report
 from runs import cached_row, trained_model
@@ -180,7 +181,7 @@ def run_row(base: RunConfig, splits: Splits, runs_dir: Path, name: str, seed: in
 
 
 def gradient_snr(model: NDM, cfg: RunConfig, splits: Splits) -> dict:
-    """:func:`ndm.diagnostics.gradient_signal_to_noise` of the trained model on
+    """:func:`ndm.analysis.diagnostics.gradient_signal_to_noise` of the trained model on
     ``SNR_BATCHES`` training minibatches of the run's size, as training draws them."""
     generator = torch.Generator().manual_seed(2)
     index = torch.randperm(splits.train.shape[0], generator=generator)

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from ndm.data.toy2d import GAUSSIAN_COV as COV
 from ndm.data.toy2d import GAUSSIAN_MEAN as MEAN
-from ndm.schedules import Schedule
-from ndm.transforms import AffineTransform, IdentityTransform
+from ndm.diffusion.schedules import Schedule
+from ndm.diffusion.transforms import AffineTransform, IdentityTransform
 
 MATRIX = torch.tensor([[0.3, -0.2], [0.1, -0.4]], dtype=torch.float64)
 SHIFT = torch.tensor([0.5, -0.3], dtype=torch.float64)

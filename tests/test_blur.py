@@ -6,8 +6,8 @@ import scipy.fft
 import scipy.ndimage
 import torch
 
-from ndm.blur import BlurTransform, dct_matrix
-from ndm.transforms import Transform
+from ndm.diffusion.blur import BlurTransform, dct_matrix
+from ndm.diffusion.transforms import Transform
 
 
 def _image(shape=(3, 2, 8, 6), seed=0) -> torch.Tensor:

@@ -5,8 +5,8 @@ import shutil
 import pytest
 import torch
 
-from ndm.checkpoint import load_checkpoint, save_checkpoint
 from ndm.cli import main
+from ndm.runs.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = (
     "--steps 20 --hidden 32 --depth 1 --n-train 512 --n-test 256 --n-eval 64 --n-samples 256 "
@@ -158,14 +158,14 @@ def test_a_run_evaluates_and_samples_from_elsewhere_and_from_moved_data(tmp_path
 
 
 def test_sample_on_nan_output_fails_and_writes_nothing(run_copy, capsys, monkeypatch):
-    import ndm.model
+    import ndm.models.ndm
 
     def nan_sample(self, shape, *args, **kwargs):
-        from ndm.samplers import SampleResult
+        from ndm.sampling.samplers import SampleResult
 
         return SampleResult(torch.full(shape, math.nan), 1)
 
-    monkeypatch.setattr(ndm.model.NDM, "sample", nan_sample)
+    monkeypatch.setattr(ndm.models.ndm.NDM, "sample", nan_sample)
     before = snapshot(run_copy)
     assert main(["sample", str(run_copy), "--sampler", "ddim", "--steps", "2", "--n", "4"]) == 1
     one_line_error(capsys, "4 of 4 samples are not finite; nothing written")
@@ -383,8 +383,8 @@ def test_eval_takes_every_evaluation_setting_and_a_device(run_copy, capsys):
 
 
 def test_eval_of_a_run_without_test_points_is_one_line(tmp_path, capsys):
-    from ndm.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from ndm.training import train
+    from ndm.runs.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from ndm.runs.training import train
 
     run = tmp_path / "run"
     cfg = RunConfig(DataConfig(), ModelConfig(hidden=8, depth=1),
@@ -396,8 +396,8 @@ def test_eval_of_a_run_without_test_points_is_one_line(tmp_path, capsys):
 
 
 def test_warmup_longer_than_the_run_is_warned_of(tmp_path):
-    from ndm.config import RunConfig, TrainConfig
-    from ndm.training import train
+    from ndm.runs.config import RunConfig, TrainConfig
+    from ndm.runs.training import train
 
     cfg = RunConfig(train=TrainConfig(steps=2, batch_size=8, warmup_steps=8))
     with pytest.warns(UserWarning, match="warmup_steps 8 > steps 2: the run ends at 25.0%"):

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from ndm.decoders import CategoricalDecoder, GaussianDecoder
-from ndm.likelihood import bits_per_dim, dequantisation_offset
+from ndm.diffusion.decoders import CategoricalDecoder, GaussianDecoder
+from ndm.losses.likelihood import bits_per_dim, dequantisation_offset
 
 
 def _centres(levels: int) -> torch.Tensor:

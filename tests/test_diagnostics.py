@@ -1,4 +1,4 @@
-"""Diagnostics of a transform (ndm.diagnostics) and the gradient split of the training log."""
+"""Diagnostics of a transform (ndm.analysis.diagnostics) and the gradient split of the training log."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ndm.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
-from ndm.diagnostics import identity_transform_gap, transform_displacement
-from ndm.model import NDM
-from ndm.process import NeuralDiffusion
-from ndm.schedules import LogSNRLinearSchedule
-from ndm.training import train
-from ndm.transforms import AffineTransform, IdentityTransform
+from ndm.analysis.diagnostics import identity_transform_gap, transform_displacement
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import LogSNRLinearSchedule
+from ndm.diffusion.transforms import AffineTransform, IdentityTransform
+from ndm.models.ndm import NDM
+from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from ndm.runs.training import train
 from tests.exact_gaussian import MATRIX, SHIFT, ExactGaussianPredictor, sample_data
 
 
@@ -76,7 +76,7 @@ def test_training_log_splits_the_gradient_norm(tmp_path: Path, transform: str) -
 
 
 def test_transform_init_scale_moves_f_at_start_in_proportion() -> None:
-    from ndm.builders import build_model
+    from ndm.runs.builders import build_model
 
     x = sample_data(64, seed=3).float()
     times = torch.tensor([0.5, 1.0])
@@ -96,7 +96,7 @@ def test_transform_init_scale_moves_f_at_start_in_proportion() -> None:
 def test_a_separate_learning_rate_for_phi(tmp_path: Path) -> None:
     """With ``transform_lr`` the transform's parameters form their own optimiser group at
     that rate, and with ``transform_lr = lr`` the run equals one without it."""
-    from ndm.checkpoint import load_checkpoint
+    from ndm.runs.checkpoint import load_checkpoint
 
     def run(name: str, **settings: object) -> tuple[dict, torch.nn.Module]:
         cfg = RunConfig(
@@ -122,7 +122,7 @@ def test_a_separate_learning_rate_for_phi(tmp_path: Path) -> None:
 
 
 def test_signal_to_noise_of_known_gradients() -> None:
-    from ndm.diagnostics import signal_to_noise
+    from ndm.analysis.diagnostics import signal_to_noise
 
     generator = torch.Generator().manual_seed(0)
     mean = torch.zeros(40).index_fill_(0, torch.tensor([0]), 3.0)
@@ -136,8 +136,8 @@ def test_signal_to_noise_of_known_gradients() -> None:
 
 
 def test_gradient_snr_grows_as_the_root_of_the_batch_size() -> None:
-    from ndm.builders import build_model
-    from ndm.diagnostics import gradient_signal_to_noise
+    from ndm.analysis.diagnostics import gradient_signal_to_noise
+    from ndm.runs.builders import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(hidden=32, depth=2, transform_init_scale=1.0), (2,))

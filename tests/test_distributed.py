@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from ndm.checkpoint import load_checkpoint
+from ndm.runs.checkpoint import load_checkpoint
 
 TINY = [
     "--dataset", "moons", "--n-train", "256", "--n-test", "64", "--hidden", "16", "--depth", "1",

@@ -1,4 +1,4 @@
-"""Per-example scores of :func:`ndm.evaluation.evaluate` and differences paired by example."""
+"""Per-example scores of :func:`ndm.evaluation.evaluate.evaluate` and differences paired by example."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from ndm.builders import build_model
-from ndm.config import EvalConfig, ModelConfig
 from ndm.data.loading import load_splits
-from ndm.evaluation import evaluate, paired_difference
+from ndm.evaluation.evaluate import evaluate, paired_difference
+from ndm.runs.builders import build_model
+from ndm.runs.config import EvalConfig, ModelConfig
 
 
 def _model(seed: int):
@@ -20,7 +20,7 @@ def _model(seed: int):
     return build_model(cfg, (2,)).eval()
 
 
-def test_per_example_scores_average_to_the_reported_means_and_share_their_noise():
+def testper_example_scores_average_to_the_reported_means_and_share_their_noise():
     splits = load_splits("checkerboard", 64, 24, 0)
     cfg = EvalConfig(n_eval=24, rtol=1e-3, atol=1e-3)
     ddpm = evaluate(_model(0), splits, cfg, per_example=True)

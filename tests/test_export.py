@@ -5,8 +5,15 @@ import torch
 
 from ndm import load_pretrained, load_run
 from ndm.cli import main
-from ndm.config import DataConfig, EvalConfig, LatentConfig, ModelConfig, RunConfig, TrainConfig
-from ndm.training import train
+from ndm.runs.config import (
+    DataConfig,
+    EvalConfig,
+    LatentConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
+from ndm.runs.training import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -6,7 +6,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from ndm.fid import (
+from ndm.evaluation.fid import (
     FID_WEIGHTS_NAME,
     ClassifierFeatures,
     InceptionFeatures,

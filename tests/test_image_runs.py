@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ndm.cli import main
-from ndm.training import load_run
+from ndm.runs.folder import load_run
 
 TINY = (
     "--dataset digits --steps 2 --batch-size 8 --objective discrete --num-steps 10 "
@@ -116,9 +116,10 @@ def test_training_batches_are_dequantised_with_fresh_noise():
 def test_a_tiny_digits_model_has_nll_and_nelbo_within_one_bit(tmp_path):
     """Trained and scored on the same dequantised density, the ODE NLL and the discrete
     NELBO of one model bound the same discrete likelihood, and agree."""
-    from ndm.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
-    from ndm.evaluation import evaluate
-    from ndm.training import load_data, train
+    from ndm.evaluation.evaluate import evaluate
+    from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+    from ndm.runs.inputs import load_data
+    from ndm.runs.training import train
 
     cfg = RunConfig(
         DataConfig(dataset="digits"),

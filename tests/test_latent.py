@@ -9,7 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from ndm.autoencoder import (
+from ndm.cli import main
+from ndm.data.images import DIGITS_LEVELS, digits_split, to_model_space
+from ndm.data.loading import load_splits
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import LinearVPSchedule
+from ndm.diffusion.transforms import IdentityTransform
+from ndm.evaluation.evaluate import evaluate
+from ndm.models.autoencoder import (
     Autoencoder,
     discretised_logistic_log_prob,
     discretised_logistic_mode,
@@ -17,10 +24,11 @@ from ndm.autoencoder import (
     levels_of,
     standard_normal_cross_entropy,
 )
-from ndm.builders import build_latent_model
-from ndm.checkpoint import load_checkpoint, save_checkpoint
-from ndm.cli import main
-from ndm.config import (
+from ndm.models.latent import LatentNDM, stage_at
+from ndm.models.ndm import NDM
+from ndm.runs.builders import build_latent_model
+from ndm.runs.checkpoint import load_checkpoint, save_checkpoint
+from ndm.runs.config import (
     DataConfig,
     EvalConfig,
     LatentConfig,
@@ -28,15 +36,8 @@ from ndm.config import (
     RunConfig,
     TrainConfig,
 )
-from ndm.data.images import DIGITS_LEVELS, digits_split, to_model_space
-from ndm.data.loading import load_splits
-from ndm.evaluation import evaluate_latent
-from ndm.latent import LatentNDM, stage_at
-from ndm.model import NDM
-from ndm.process import NeuralDiffusion
-from ndm.schedules import LinearVPSchedule
-from ndm.training import load_run, train
-from ndm.transforms import IdentityTransform
+from ndm.runs.folder import load_run
+from ndm.runs.training import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -240,7 +241,7 @@ def test_two_stage_trains_the_autoencoder_then_only_the_ndm():
 def test_bits_per_dim_divide_by_the_data_dimension():
     model = tiny_model(objective="discrete", transform="identity").float()
     splits = load_splits("digits", 1, 1, 0)
-    metrics = evaluate_latent(
+    metrics = evaluate(
         model, splits, EvalConfig(n_eval=3, rtol=1e-2, atol=1e-2, nelbo_terms=5)
     )
     data_dims = 64

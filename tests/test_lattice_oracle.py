@@ -13,9 +13,7 @@ import pytest
 import torch
 from scipy.special import logsumexp
 
-from ndm.config import ModelConfig
-from ndm.decoders import CategoricalDecoder, GaussianDecoder
-from ndm.lattice_oracle import (
+from ndm.analysis.lattice_oracle import (
     LatticeOracle,
     centres,
     fit_endpoints,
@@ -24,10 +22,12 @@ from ndm.lattice_oracle import (
     sample_levels,
     smoothed_nll,
 )
-from ndm.likelihood import continuous_nelbo, dequantisation_offset, discrete_nelbo, ode_nll
-from ndm.objectives import discrete_diffusion_term, normal_kl, reconstruction_nll
-from ndm.process import NeuralDiffusion
-from ndm.schedules import LinearVPSchedule, LogSNRLinearSchedule, make_schedule
+from ndm.diffusion.decoders import CategoricalDecoder, GaussianDecoder
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import LinearVPSchedule, LogSNRLinearSchedule, make_schedule
+from ndm.losses.likelihood import continuous_nelbo, dequantisation_offset, discrete_nelbo, ode_nll
+from ndm.losses.objectives import discrete_diffusion_term, normal_kl, reconstruction_nll
+from ndm.runs.config import ModelConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

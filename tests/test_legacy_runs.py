@@ -45,6 +45,7 @@ def test_legacy_run_resumes_and_samples(tmp_path):
     run = tmp_path / "points"
     shutil.copytree(FIXTURES / "points", run)
     cfg, _ = load_run(run)
+    assert cfg.train.transform_lr is None  # 0.1 stored 0.0 for "the same as lr"
     model = train(replace(cfg, train=replace(cfg.train, steps=cfg.train.steps + 1)), run, True)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == cfg.train.steps + 1

@@ -165,8 +165,8 @@ _MEMORY_PROBE = textwrap.dedent(
                 return int(line.split()[1]) / 1024
 
     folder, cache = Path(sys.argv[1]), sys.argv[2]
-    from ndm.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
-    from ndm.training import train
+    from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+    from ndm.runs.training import train
     base, peak, done = anon_mb(), [0.0], threading.Event()
 
     def poll():

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from ndm.decoders import GaussianDecoder
-from ndm.likelihood import bits_per_dim, discrete_nelbo, ode_nll
-from ndm.objectives import continuous_diffusion_integrand, reconstruction_nll
-from ndm.process import NeuralDiffusion
-from ndm.schedules import LearnedVPSchedule, LinearVPSchedule
-from ndm.transforms import AffineTransform, IdentityTransform
+from ndm.diffusion.decoders import GaussianDecoder
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import LearnedVPSchedule, LinearVPSchedule
+from ndm.diffusion.transforms import AffineTransform, IdentityTransform
+from ndm.losses.likelihood import bits_per_dim, discrete_nelbo, ode_nll
+from ndm.losses.objectives import continuous_diffusion_integrand, reconstruction_nll
 from tests.exact_gaussian import MATRIX, SHIFT, ExactGaussianPredictor, exact_nll, sample_data
 
 

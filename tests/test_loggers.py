@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ndm.cli import main
-from ndm.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
-from ndm.training import train
+from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from ndm.runs.training import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -126,7 +126,7 @@ def test_a_logger_that_is_not_installed_is_refused_before_anything_is_written(
 
 
 def test_image_grids_are_padded():
-    from ndm.loggers import uint8_grid
+    from ndm.runs.loggers import uint8_grid
 
     grid = uint8_grid(torch.zeros(3, 1, 4, 4), columns=2)
     assert grid.shape == (2 * 6, 2 * 6, 3) and grid.dtype.name == "uint8"

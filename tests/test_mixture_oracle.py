@@ -1,4 +1,4 @@
-"""The Gaussian-mixture oracle (ndm.mixture_oracle) against quadrature and closed forms."""
+"""The Gaussian-mixture oracle (ndm.analysis.mixture_oracle) against quadrature and closed forms."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from ndm.mixture_oracle import GaussianMixture, MixtureOracle
-from ndm.model import NDM
-from ndm.process import NeuralDiffusion
-from ndm.schedules import LogSNRLinearSchedule
-from ndm.transforms import IdentityTransform
+from ndm.analysis.mixture_oracle import GaussianMixture, MixtureOracle
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import LogSNRLinearSchedule
+from ndm.diffusion.transforms import IdentityTransform
+from ndm.models.ndm import NDM
 
 TWO_MODES = GaussianMixture([0.5, 0.5], [-2.0, 2.0], [0.4, 0.4])
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ndm.builders import build_model, build_run_model
-from ndm.config import DataConfig, ModelConfig, RunConfig
+from ndm.runs.builders import build_model, build_run_model
+from ndm.runs.config import DataConfig, ModelConfig, RunConfig
 
 
 def _points_model():
@@ -48,7 +48,7 @@ def test_an_image_model_refuses_pixel_values_outside_minus_one_one():
 
 def test_an_image_model_quantises_its_samples_and_scores_levels_in_one_call():
     from ndm.data.images import dequantise
-    from ndm.likelihood import bits_per_dim, dequantisation_offset
+    from ndm.losses.likelihood import bits_per_dim, dequantisation_offset
 
     cfg = RunConfig(DataConfig(dataset="digits"), ModelConfig(objective="discrete", num_steps=10))
     model = build_run_model(cfg, (1, 8, 8), 17)
@@ -76,9 +76,9 @@ def test_an_image_model_quantises_its_samples_and_scores_levels_in_one_call():
 
 
 def test_an_nll_solve_past_its_step_limit_leaves_the_nll_out_with_the_reason():
-    from ndm.config import EvalConfig
     from ndm.data.loading import load_splits
-    from ndm.evaluation import evaluate
+    from ndm.evaluation.evaluate import evaluate
+    from ndm.runs.config import EvalConfig
 
     splits = load_splits("checkerboard", 64, 16, 0)
     metrics = evaluate(_points_model(), splits, EvalConfig(n_eval=8, nll_max_steps=1))

@@ -6,12 +6,23 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from ndm.builders import build_model
-from ndm.config import ModelConfig
-from ndm.decoders import GaussianDecoder
-from ndm.model import NDM
-from ndm.nets.mlp import TimeMLP
-from ndm.objectives import (
+from ndm.diffusion.decoders import GaussianDecoder
+from ndm.diffusion.predictors import Predictor
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import (
+    CosineSchedule,
+    FlowMatchingOTSchedule,
+    LearnedVPSchedule,
+    LinearVPSchedule,
+)
+from ndm.diffusion.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS, sample_times
+from ndm.diffusion.transforms import (
+    IdentityTransform,
+    LearnedTransform,
+    SeparableTransform,
+    Transform,
+)
+from ndm.losses.objectives import (
     continuous_diffusion_integrand,
     continuous_nelbo_terms,
     discrete_diffusion_term,
@@ -19,16 +30,10 @@ from ndm.objectives import (
     kinetic_energy_penalty,
     simple_noise_loss,
 )
-from ndm.predictors import Predictor
-from ndm.process import NeuralDiffusion
-from ndm.schedules import (
-    CosineSchedule,
-    FlowMatchingOTSchedule,
-    LearnedVPSchedule,
-    LinearVPSchedule,
-)
-from ndm.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS, sample_times
-from ndm.transforms import IdentityTransform, LearnedTransform, SeparableTransform, Transform
+from ndm.models.ndm import NDM
+from ndm.nets.mlp import TimeMLP
+from ndm.runs.builders import build_model
+from ndm.runs.config import ModelConfig
 from tests.exact_gaussian import COV, MEAN, ExactGaussianPredictor, sample_data
 
 B = 32
@@ -339,9 +344,9 @@ def test_predictor_of_the_variance_splits_its_channels_and_checks_them():
 def test_one_default_time_sampling_everywhere():
     import inspect
 
-    from ndm.config import ModelConfig
-    from ndm.likelihood import continuous_nelbo
-    from ndm.model import NDM
+    from ndm.losses.likelihood import continuous_nelbo
+    from ndm.models.ndm import NDM
+    from ndm.runs.config import ModelConfig
 
     defaults = {
         inspect.signature(fn).parameters["time_sampling"].default

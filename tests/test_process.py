@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import CosineSchedule, LinearVPSchedule
+from ndm.diffusion.transforms import IdentityTransform, LearnedTransform
 from ndm.nets.mlp import TimeMLP
-from ndm.process import NeuralDiffusion
-from ndm.schedules import CosineSchedule, LinearVPSchedule
-from ndm.transforms import IdentityTransform, LearnedTransform
 
 B = 64
 

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from ndm.predictors import Prediction
-from ndm.process import NeuralDiffusion
-from ndm.samplers import SAMPLERS, get_sampler, time_grid
-from ndm.schedules import CosineSchedule, LinearVPSchedule
-from ndm.transforms import AffineTransform, IdentityTransform
+from ndm.diffusion.predictors import Prediction
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import CosineSchedule, LinearVPSchedule
+from ndm.diffusion.transforms import AffineTransform, IdentityTransform
+from ndm.sampling.samplers import SAMPLERS, get_sampler, time_grid
 from tests.exact_gaussian import COV, MATRIX, MEAN, SHIFT, ExactGaussianPredictor
 
 
@@ -168,7 +168,7 @@ def test_an_option_a_sampler_does_not_take_is_refused(name, option):
 def test_the_sde_sampler_starts_at_t_1_of_flow_matching():
     """alpha_1 = 0 makes g infinite at t = 1: the first step is the ancestral one, and the
     samples have the data's moments."""
-    from ndm.schedules import FlowMatchingOTSchedule
+    from ndm.diffusion.schedules import FlowMatchingOTSchedule
 
     schedule = FlowMatchingOTSchedule().double()
     process = NeuralDiffusion(schedule, IdentityTransform())
@@ -183,8 +183,8 @@ def test_the_sde_sampler_starts_at_t_1_of_flow_matching():
 
 
 def test_an_eps_predictor_is_refused_where_alpha_1_is_zero():
-    from ndm.predictors import Predictor
-    from ndm.schedules import FlowMatchingOTSchedule
+    from ndm.diffusion.predictors import Predictor
+    from ndm.diffusion.schedules import FlowMatchingOTSchedule
 
     with pytest.raises(ValueError, match="alpha_1 = 0: use output 'x'"):
         Predictor(torch.nn.Identity(), FlowMatchingOTSchedule(), "eps")

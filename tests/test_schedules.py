@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from ndm.schedules import (
+from ndm.diffusion.schedules import (
     SCHEDULES,
     CosineSchedule,
     FlowMatchingOTSchedule,

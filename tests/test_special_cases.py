@@ -1,7 +1,7 @@
 """The special cases of the paper's Table 1, built as ``ndm train`` builds them.
 
-Each marginal test checks ``q(z_t | x)`` of the model that :func:`ndm.builders.build_model`
-makes from the case's options against the closed form of :data:`ndm.special_cases.SPECIAL_CASES`,
+Each marginal test checks ``q(z_t | x)`` of the model that :func:`ndm.runs.builders.build_model`
+makes from the case's options against the closed form of :data:`ndm.runs.special_cases.SPECIAL_CASES`,
 computed here independently of the package: exactly, through ``z_t = marginal(x, t, eps)``
 for given ``eps`` at times covering ``[0, 1]``, and by the moments of many draws at one time.
 """
@@ -16,12 +16,12 @@ import scipy.fft
 import torch
 from torch import Tensor
 
-from ndm.builders import build_model
 from ndm.cli import build_parser
-from ndm.config import ModelConfig, TrainConfig, config_from_args
-from ndm.model import NDM
-from ndm.objectives import continuous_diffusion_integrand
-from ndm.special_cases import SPECIAL_CASES, special_case_config, special_case_flags
+from ndm.losses.objectives import continuous_diffusion_integrand
+from ndm.models.ndm import NDM
+from ndm.runs.builders import build_model
+from ndm.runs.config import ModelConfig, TrainConfig, config_from_args
+from ndm.runs.special_cases import SPECIAL_CASES, special_case_config, special_case_flags
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

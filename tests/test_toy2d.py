@@ -15,7 +15,7 @@ from ndm.data.toy2d import (
     sample_toy2d,
     toy2d_splits,
 )
-from ndm.plots import grid_cells
+from ndm.plots.points import grid_cells
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))

@@ -6,9 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ndm.builders import build_model
-from ndm.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from ndm.config import (
+from ndm.runs.builders import build_model
+from ndm.runs.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ndm.runs.config import (
     DataConfig,
     EvalConfig,
     ModelConfig,
@@ -21,7 +21,9 @@ from ndm.config import (
     config_to_dict,
     with_resolved_time_scales,
 )
-from ndm.training import _parameter_groups, clip_gradients, load_run, train
+from ndm.runs.folder import load_run
+from ndm.runs.optim import clip_gradients, parameter_groups
+from ndm.runs.training import train
 from tests.payload import CodeRunningPayload
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -104,7 +106,7 @@ def test_the_networks_embed_the_step_index_in_discrete_time(
         predictor_scale,
         transform_scale,
     )
-    separable = build_model(replace(cfg, transform="separable", transform_time_scale=0.0), (2,))
+    separable = build_model(replace(cfg, transform="separable", transform_time_scale=None), (2,))
     assert separable.process.transform.net.time_scale == predictor_scale
 
 
@@ -346,8 +348,8 @@ def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
 
 _SLOW_RUN = """
 import sys, torch
-from ndm.config import *
-from ndm.training import train
+from ndm.runs.config import *
+from ndm.runs.training import train
 torch.set_num_threads(1)
 cfg = RunConfig(DataConfig(n_train=256, n_test=64), ModelConfig(hidden=16, depth=1),
                 TrainConfig(steps={steps}, batch_size=32, warmup_steps=3, checkpoint_every=1000,
@@ -429,7 +431,7 @@ def test_a_run_saved_before_the_reverse_variance_option_loads_with_the_posterior
                                         reverse_variance="posterior"))  # fmt: skip
     train(cfg, run)
     state = load_checkpoint(run / "checkpoint.pt")
-    del state["config"]["model"]["reverse_variance"]
+    del state["config"]["version"], state["config"]["model"]["reverse_variance"]
     save_checkpoint(run / "checkpoint.pt", state)
     loaded, model = load_run(run)
     assert loaded.model.reverse_variance == "posterior" and not model.predictor.variance
@@ -442,6 +444,7 @@ def test_a_run_saved_before_the_time_scale_options_loads_and_resumes_as_it_ran(t
                                         transform_time_scale=1000.0))  # fmt: skip
     train(cfg, run)
     state = load_checkpoint(run / "checkpoint.pt")
+    del state["config"]["version"]
     for name in ("time_scale", "transform_time_scale"):
         del state["config"]["model"][name]
     save_checkpoint(run / "checkpoint.pt", state)
@@ -455,8 +458,9 @@ def test_a_run_saved_before_the_time_scale_options_loads_and_resumes_as_it_ran(t
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 8
     # an identity transform stored the old default 1000 for F's (unused) time scale
     identity = config_to_dict(RunConfig(model=ModelConfig(transform="identity")))
+    del identity["version"]
     identity["model"]["transform_time_scale"] = 1000.0
-    assert config_from_record(identity).model.transform_time_scale == 0.0
+    assert config_from_record(identity).model.transform_time_scale is None
 
 
 # --- resumed settings, records and inputs -----------------------------------------------
@@ -510,14 +514,14 @@ def test_resume_drops_a_truncated_last_metrics_line_and_names_a_bad_one(tmp_path
 def test_a_resumed_metrics_line_averages_the_steps_before_the_stop(tmp_path, monkeypatch):
     """log_every 3 does not divide checkpoint_every 4: after a kill just after the
     checkpoint of step 4, the line of step 6 still averages steps 4..6."""
-    import ndm.training
+    import ndm.runs.training
 
     def save_then_die(path, state):
         save_checkpoint(path, state)
         raise KeyboardInterrupt  # as SIGKILL right after the write
 
     split, whole = tmp_path / "split", tmp_path / "whole"
-    monkeypatch.setattr(ndm.training, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(ndm.runs.training, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(steps=8, checkpoint_every=4, log_every=3), split)
     monkeypatch.undo()
@@ -611,7 +615,7 @@ def test_a_checkpoint_step_that_is_not_a_count_is_refused(tmp_path, step):
 def test_run_files_are_readable_by_others_under_the_umask_and_json_is_strict(tmp_path):
     import os
 
-    from ndm.checkpoint import save_json
+    from ndm.runs.checkpoint import save_json
 
     old = os.umask(0o022)
     try:
@@ -633,7 +637,7 @@ def test_learned_schedule_endpoints_train_without_weight_decay(tmp_path):
     lo, hi = model.process.schedule.endpoints.values()
     assert (lo, hi) != pytest.approx((-13.3, 5.0), abs=1e-4)  # trained on the loss
     assert model.predictor.schedule is model.process.schedule
-    groups = _parameter_groups(build_model(model_cfg, (2,)), cfg.train)
+    groups = parameter_groups(build_model(model_cfg, (2,)), cfg.train)
     assert [g.get("weight_decay") for g in groups] == [None, 0.0]
     assert [p.numel() for p in groups[1]["params"]] == [2]
     with pytest.raises(ValueError, match="schedule 'linear' has fixed end points"):
@@ -658,3 +662,20 @@ def test_gradients_are_clipped_together_or_apart(apart):
         assert (norm(phi), norm(theta)) == pytest.approx((1.0, 1.0), rel=1e-5)
     else:  # one scale for all: theta's share is what phi leaves it
         assert norm(theta) == pytest.approx(before[1] / math.hypot(*before), rel=1e-4)
+
+
+def test_a_transform_learning_rate_of_zero_freezes_phi_and_auto_is_lr(tmp_path):
+    cfg = tiny(steps=4, transform_lr=0.0, weight_decay=0.1)
+    cfg = replace(cfg, model=replace(cfg.model, transform_init_scale=1.0))
+    torch.manual_seed(cfg.train.seed)
+    start = build_model(cfg.model, (2,)).process.transform.state_dict()
+    model = train(cfg, tmp_path / "frozen")
+    for name, value in model.process.transform.state_dict().items():
+        assert torch.equal(value, start[name]), name
+    trained = train(replace(cfg, train=replace(cfg.train, transform_lr=None)), tmp_path / "auto")
+    moved = [
+        not torch.equal(v, start[k]) for k, v in trained.process.transform.state_dict().items()
+    ]
+    assert any(moved)
+    groups = parameter_groups(trained, replace(cfg.train, transform_lr=None))
+    assert len(groups) == 1 and "lr" not in groups[0]

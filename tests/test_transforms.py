@@ -5,8 +5,7 @@ import pytest
 import torch
 from numpy.polynomial import legendre
 
-from ndm.nets.mlp import TimeMLP
-from ndm.transforms import (
+from ndm.diffusion.transforms import (
     AffineTransform,
     IdentityTransform,
     LearnedTransform,
@@ -14,6 +13,7 @@ from ndm.transforms import (
     Transform,
     legendre_basis,
 )
+from ndm.nets.mlp import TimeMLP
 from tests.exact_gaussian import MATRIX, SHIFT
 
 
@@ -253,8 +253,8 @@ def test_a_diffusers_unet_with_attention_works_as_the_transform(derivative):
 
 @pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
 def test_transform_time_scale_slows_the_time_embedding_of_f(shape: tuple[int, ...]) -> None:
-    from ndm.builders import build_transform
-    from ndm.config import ModelConfig
+    from ndm.runs.builders import build_transform
+    from ndm.runs.config import ModelConfig
 
     def transform(time_scale: float) -> LearnedTransform:
         torch.manual_seed(0)  # the same weights for each scale

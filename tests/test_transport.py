@@ -7,10 +7,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ndm.process import NeuralDiffusion
-from ndm.schedules import CosineSchedule
-from ndm.transforms import IdentityTransform
-from ndm.transport import (
+from ndm.analysis.transport import (
     chord_length_ratio,
     exact_ot_cost,
     kinetic_energy,
@@ -21,6 +18,9 @@ from ndm.transport import (
     path_straightness,
     probability_flow_paths,
 )
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import CosineSchedule
+from ndm.diffusion.transforms import IdentityTransform
 from tests.exact_gaussian import COV, MEAN, ExactGaussianPredictor
 
 

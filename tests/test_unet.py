@@ -12,7 +12,7 @@ def _net(zero_init_output=False, size=8, cfg=TINY) -> UNet:
 
 
 @pytest.mark.parametrize("size", [8, 7])
-def test_shapes_and_per_example_outputs(size):
+def test_shapes_andper_example_outputs(size):
     net = _net(size=size)
     x = torch.randn(3, 2, size, size, dtype=torch.float64)
     t = torch.rand(3, dtype=torch.float64)

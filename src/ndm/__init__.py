@@ -1,32 +1,13 @@
 """Neural Diffusion Models: diffusion with a learned, time-dependent data transform ``F_phi(x, t)``.
 
 Conventions: ``t`` in ``[0, 1]`` with ``t = 0`` the data side; ``t`` has shape ``[B]``;
-losses are per-example terms in nats; bits/dim via :func:`ndm.likelihood.bits_per_dim`.
+losses are per-example terms in nats; bits/dim via :func:`ndm.losses.likelihood.bits_per_dim`.
 """
 
-from ndm.autoencoder import Autoencoder
-from ndm.decoders import CategoricalDecoder, GaussianDecoder
-from ndm.export import export_run, load_pretrained
-from ndm.latent import LatentNDM
-from ndm.likelihood import (
-    bits_per_dim,
-    continuous_nelbo,
-    dequantisation_offset,
-    discrete_nelbo,
-    ode_nll,
-)
-from ndm.model import NDM
-from ndm.nets.mlp import TimeMLP
-from ndm.objectives import (
-    LossTerms,
-    continuous_nelbo_terms,
-    discrete_nelbo_terms,
-    simple_noise_loss,
-)
-from ndm.predictors import Predictor
-from ndm.process import NeuralDiffusion
-from ndm.samplers import SAMPLERS, get_sampler, time_grid
-from ndm.schedules import (
+from ndm.diffusion.decoders import CategoricalDecoder, GaussianDecoder
+from ndm.diffusion.predictors import Predictor
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import (
     CosineSchedule,
     FlowMatchingOTSchedule,
     LearnedVPSchedule,
@@ -35,20 +16,40 @@ from ndm.schedules import (
     TableVPSchedule,
     make_schedule,
 )
-from ndm.special_cases import (
-    SPECIAL_CASES,
-    SpecialCase,
-    special_case_config,
-    special_case_flags,
-)
-from ndm.training import load_run, train
-from ndm.transforms import (
+from ndm.diffusion.transforms import (
     AffineTransform,
     IdentityTransform,
     LearnedTransform,
     SeparableTransform,
     Transform,
 )
+from ndm.losses.likelihood import (
+    bits_per_dim,
+    continuous_nelbo,
+    dequantisation_offset,
+    discrete_nelbo,
+    ode_nll,
+)
+from ndm.losses.objectives import (
+    LossTerms,
+    continuous_nelbo_terms,
+    discrete_nelbo_terms,
+    simple_noise_loss,
+)
+from ndm.models.autoencoder import Autoencoder
+from ndm.models.latent import LatentNDM
+from ndm.models.ndm import NDM
+from ndm.nets.mlp import TimeMLP
+from ndm.runs.export import export_run, load_pretrained
+from ndm.runs.folder import load_run
+from ndm.runs.special_cases import (
+    SPECIAL_CASES,
+    SpecialCase,
+    special_case_config,
+    special_case_flags,
+)
+from ndm.runs.training import train
+from ndm.sampling.samplers import SAMPLERS, get_sampler, time_grid
 
 __all__ = [
     "NDM",

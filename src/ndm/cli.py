@@ -10,18 +10,28 @@ evaluation settings beside the metrics.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import NoReturn
 
 import torch
 
-from ndm.checkpoint import atomic_write, save_json
-from ndm.config import (
+from ndm.evaluation.report import (
+    EVAL_LEVELS,
+    FAST_EVAL,
+    draw_samples,
+    log_evaluation,
+    plot_drawn,
+    record,
+    report_run,
+    run_metrics,
+    summary,
+)
+from ndm.runs.checkpoint import atomic_write
+from ndm.runs.config import (
     CLOSED_UNIT_INTERVAL,
     NON_NEGATIVE,
     POSITIVE,
@@ -30,45 +40,20 @@ from ndm.config import (
     RunConfig,
     add_config_arguments,
     config_from_args,
-    config_from_dict,
-    config_to_dict,
+    option_type,
+    read_config_file,
+    with_data_path,
 )
-from ndm.data.loading import Splits, model_input
-from ndm.distributed import init_distributed
-from ndm.evaluation import (
-    evaluate,
-    evaluate_latent,
-    fid_features,
-    sample_images,
-    sample_quality,
-)
-from ndm.export import DESCRIPTION, export_run
-from ndm.image_plots import plot_image_samples, plot_image_transform, plot_predictions_from_noise
-from ndm.latent import LatentNDM
-from ndm.loggers import finite_scalars, open_loggers, uint8_grid
-from ndm.model import NDM
-from ndm.plots import plot_samples, plot_trajectories, plot_transform
-from ndm.run_guard import RunStopped
-from ndm.samplers import ODE_METHODS, SAMPLERS
-from ndm.training import (
-    METRICS_SUMMARY,
-    RUN_FILES,
-    check_evaluable,
-    load_data,
-    load_run,
-    load_run_config,
-    read_run,
-    train,
-)
+from ndm.runs.distributed import init_distributed
+from ndm.runs.export import DESCRIPTION, export_run
+from ndm.runs.folder import RUN_FILES, load_run, load_run_config, read_run, save_evaluation
+from ndm.runs.guard import RunStopped
+from ndm.runs.inputs import check_evaluable, load_data
+from ndm.runs.training import train
+from ndm.sampling.samplers import ODE_METHODS, SAMPLERS
 
-TRAJECTORY_STEPS = 50
-EVALUATIONS = "evals"  # one JSON record per `ndm eval`, named by its time
 DATA_PATH_HELP = "where the run's dataset is now (default: the path it was trained from)"
 DEVICE_HELP = "torch device (auto: a GPU if there is one)"
-EVAL_LEVELS = ("full", "fast", "none")
-FAST_EVAL = 100  # test examples and plot samples of --eval fast
-TRANSFORM_POINTS = 2000
-TRANSFORM_IMAGES = 6
 
 
 class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
@@ -100,193 +85,6 @@ def _checked(kind: type, check: Check) -> Callable[[str], object]:
     return parse
 
 
-def _summary(metrics: dict) -> str:
-    nll = (
-        f"test NLL   {metrics['nll']:.4f} +- {metrics['nll_stderr']:.4f} nats "
-        f"({metrics['nll_bpd']:.4f} bits/dim, {metrics['nll_nfe']:.0f} NFE per batch)"
-        if "nll" in metrics
-        else f"test NLL   left out: {metrics.get('nll_failure')}"
-    )
-    lines = [
-        nll,
-        f"test NELBO {metrics['nelbo']:.4f} +- {metrics['nelbo_stderr']:.4f} nats "
-        f"({metrics['nelbo_bpd']:.4f} bits/dim; prior {metrics['nelbo_prior']:.4f}, "
-        f"diffusion {metrics['nelbo_diffusion']:.4f}, "
-        f"reconstruction {metrics['nelbo_reconstruction']:.4f})",
-    ]
-    if "nelbo_decoder" in metrics:
-        lines[1] = lines[1][:-1] + (
-            f"; decoder -log p(x|y) {metrics['nelbo_decoder']:.4f}, "
-            f"encoder -H[q(y|x)] {metrics['nelbo_encoder']:.4f}; bits/dim of the data, "
-            f"latents of {metrics['latent_dims']} dimensions)"
-        )
-    if metrics["entropy"] is not None:
-        lines.append(
-            f"data entropy {metrics['entropy']:.4f} nats ({metrics['entropy_bpd']:.4f} bits/dim)"
-        )
-    if "fid" in metrics:
-        accuracy = metrics.get("classifier_test_accuracy")
-        features = metrics["fid_features"] + (
-            "" if accuracy is None else f", test accuracy {accuracy:.3f}"
-        )
-        lines.append(
-            f"FID {metrics['fid']:.3f} ({metrics['fid_samples']} samples, {metrics['fid_sampler']} "
-            f"{metrics['fid_steps']} steps; features: {features})"
-        )
-    return "\n".join(lines)
-
-
-def _report(model: NDM | LatentNDM, cfg: RunConfig, run_dir: Path, level: str) -> dict:
-    """Write the figures and ``metrics.json`` of a trained run, evaluated at ``level``
-    (``fast`` or ``full``, see :func:`_evaluation_level`); return the metrics."""
-    cfg = _evaluation_level(cfg, level)
-    splits = load_data(cfg.data)
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.train.seed)
-    print(f"sampling {cfg.eval.n_samples} examples along the ODE", file=sys.stderr)
-    if splits.is_image:
-        samples, nfe = sample_images(
-            model,
-            splits,
-            cfg.eval.n_samples,
-            "ode",
-            1,
-            generator,
-            rtol=cfg.eval.rtol,
-            atol=cfg.eval.atol,
-        )
-        test = model_input(splits.test[: cfg.eval.n_samples], splits, None, augment=False)
-        caption = f"ode-dopri5, rtol {cfg.eval.rtol:g}, NFE {nfe:.0f}"
-        plot_image_samples(samples, test, run_dir / "samples.png", caption=caption)
-        if not isinstance(model, LatentNDM):  # a latent NDM's F and x_theta act on latents
-            plot_image_transform(model, test[:TRANSFORM_IMAGES], run_dir / "transform.png")
-            plot_predictions_from_noise(
-                {cfg.model.transform: model}, splits.shape, run_dir / "predictions.png"
-            )
-    else:
-        result = model.sample(
-            (cfg.eval.n_samples, *splits.shape),
-            sampler="ode",
-            steps=TRAJECTORY_STEPS,
-            generator=generator,
-            method="dopri5",
-            rtol=cfg.eval.rtol,
-            atol=cfg.eval.atol,
-            trajectory=True,
-        )
-        caption = f"ode-dopri5, rtol {cfg.eval.rtol:g}, NFE {result.nfe}"
-        plot_samples(
-            result.sample, splits.test[: cfg.eval.n_samples], run_dir / "samples.png", caption
-        )
-        plot_transform(model, splits.test[:TRANSFORM_POINTS], run_dir / "transform.png")
-        plot_trajectories(
-            result.trajectory, run_dir / "trajectories.png", splits.test[:TRANSFORM_POINTS]
-        )
-    metrics = _record(_metrics(model, cfg, splits), cfg, cfg.train.steps)
-    save_json(run_dir / METRICS_SUMMARY, metrics)
-    _log_evaluation(cfg, run_dir, metrics, samples if splits.is_image else None)
-    return metrics
-
-
-def _log_evaluation(
-    cfg: RunConfig, run_dir: Path, metrics: dict, samples: torch.Tensor | None
-) -> None:
-    """Send the metrics (and image samples, ``[N, C, H, W]``) to the run's loggers, at the
-    checkpoint's step."""
-    for logger in open_loggers(cfg.train.loggers, run_dir, config_to_dict(cfg)):
-        logger.scalars(metrics["step"], finite_scalars("eval", metrics))
-        if samples is not None:
-            logger.images(metrics["step"], "eval/samples", uint8_grid(samples[:64]))
-        logger.close()
-
-
-def _record(metrics: dict, cfg: RunConfig, step: int) -> dict:
-    """``metrics`` with what produced them: the checkpoint's step, the time, the data path
-    and the evaluation settings."""
-    return {
-        "step": step,
-        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "data_path": cfg.data.path,
-        "eval_settings": asdict(cfg.eval),
-    } | metrics
-
-
-def _unused_path(folder: Path, stem: str, suffix: str) -> Path:
-    """``folder/stem.suffix``, or ``folder/stem-<k>.suffix`` with the first free ``k``."""
-    path, k = folder / f"{stem}{suffix}", 1
-    while path.exists():
-        path, k = folder / f"{stem}-{k}{suffix}", k + 1
-    return path
-
-
-def _moved_data(cfg: RunConfig, data_path: Path | None) -> RunConfig:
-    """``cfg`` reading its dataset from ``data_path`` when one is given."""
-    if data_path is None:
-        return cfg
-    return replace(cfg, data=replace(cfg.data, path=str(data_path.expanduser().resolve())))
-
-
-def _metrics(model: NDM | LatentNDM, cfg: RunConfig, splits: Splits) -> dict:
-    """Likelihoods on the test split (the latent bound for a latent NDM), and FID when
-    asked for on images."""
-    if isinstance(model, LatentNDM):
-        metrics = evaluate_latent(model, splits, cfg.eval)
-    else:
-        metrics = evaluate(model, splits, cfg.eval)
-    if splits.is_image and cfg.eval.fid_samples:
-        print(f"FID on {cfg.eval.fid_samples} samples", file=sys.stderr)
-        features, info = fid_features(splits, cfg.eval, cfg.train.seed)
-        steps = cfg.eval.fid_steps or cfg.model.num_steps
-        metrics |= info | sample_quality(model, splits, cfg.eval, features, steps)
-    return metrics
-
-
-def _config_file(path: Path) -> RunConfig:
-    """The run config of a JSON file (``{section: {field: value}}``, as ``config.json``), or
-    of a YAML file of the same shape (``.yaml``/``.yml``, read by ``yaml.safe_load``, which
-    builds plain values only)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"config file {path} not found") from error
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or type(error).__name__
-            raise ValueError(f"config file {path} is not YAML ({problem}{where})") from error
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"config file {path} is not JSON ({error})") from error
-    try:
-        return config_from_dict(data)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"config file {path}: {error}") from error
-
-
-def _evaluation_level(cfg: RunConfig, level: str) -> RunConfig:
-    """``cfg`` evaluated as ``--eval`` asks: ``full`` as configured; ``fast`` on at most
-    :data:`FAST_EVAL` test examples and plot samples, tolerances 1e-3, no FID."""
-    if level != "fast":
-        return cfg
-    e = cfg.eval
-    fast = replace(
-        e,
-        n_eval=min(e.n_eval, FAST_EVAL),
-        n_samples=min(e.n_samples, FAST_EVAL),
-        rtol=max(e.rtol, 1e-3),
-        atol=max(e.atol, 1e-3),
-        nelbo_time_samples=min(e.nelbo_time_samples, 8),
-        fid_samples=0,
-    )
-    return replace(cfg, eval=fast)
-
-
 def _train(args: argparse.Namespace) -> None:
     if args.resume and args.run_dir is None:
         raise ValueError("--resume needs the --run-dir of the run to continue")
@@ -294,7 +92,7 @@ def _train(args: argparse.Namespace) -> None:
         raise ValueError("--config starts a run; --resume continues one with its own config")
     base = load_run_config(args.run_dir) if args.resume else None
     if args.config is not None:
-        base = _config_file(args.config)
+        base = read_config_file(args.config)
     cfg = config_from_args(args, base)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     latent = "latent-" if cfg.latent.enabled else ""
@@ -307,8 +105,10 @@ def _train(args: argparse.Namespace) -> None:
     if args.eval == "none":
         print(f"evaluation skipped (--eval none); run: ndm eval {run_dir}")
         return
-    metrics = _report(model, load_run_config(run_dir) if args.resume else cfg, run_dir, args.eval)
-    print(_summary(metrics))
+    metrics = report_run(
+        model, load_run_config(run_dir) if args.resume else cfg, run_dir, args.eval
+    )
+    print(summary(metrics))
 
 
 def _sample(args: argparse.Namespace) -> None:
@@ -323,38 +123,23 @@ def _sample(args: argparse.Namespace) -> None:
                 f"--out would overwrite {path}, which the run needs; choose another name"
             )
     cfg, model = load_run(args.run, device=args.device)
-    cfg = _moved_data(cfg, args.data_path)
+    cfg = with_data_path(cfg, args.data_path)
     splits = load_data(cfg.data)
     options = {
         "ode": {"method": args.method, "rtol": args.rtol, "atol": args.atol},
         "ddim": {"eta": args.eta},
     }.get(args.sampler, {})
     generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
-    if splits.is_image:
-        samples, nfe = sample_images(
-            model, splits, args.n, args.sampler, args.steps, generator, **options
-        )
-        test = model_input(splits.test[: args.n], splits, None, augment=False)
-    else:
-        result = model.sample(
-            (args.n, *splits.shape),
-            sampler=args.sampler,
-            steps=args.steps,
-            generator=generator,
-            **options,
-        )
-        samples, nfe = result.sample.cpu(), result.nfe
+    samples, nfe, _ = draw_samples(
+        model, splits, args.n, args.sampler, args.steps, generator, **options
+    )
     bad = int((~torch.isfinite(samples)).flatten(1).any(1).sum())
     if bad:
         raise FloatingPointError(f"{bad} of {args.n} samples are not finite; nothing written")
-    caption = f"{args.sampler}{method}, {args.steps} steps, NFE {nfe:g}"
-    if splits.is_image:
-        plot_image_samples(samples, test, out, caption=caption)
-    else:
-        plot_samples(samples, splits.test[: args.n], out, caption)
+    plot_drawn(samples, splits, out, f"{args.sampler}{method}, {args.steps} steps, NFE {nfe:g}")
     tensor_path = out.with_suffix(".pt")
     atomic_write(tensor_path, lambda file: torch.save(samples, file))
-    print(f"{args.n} samples, sampler {args.sampler}, {args.steps} steps: NFE {nfe}")
+    print(f"{args.n} samples, sampler {args.sampler}, {args.steps} steps: NFE {nfe:g}")
     print(f"wrote {out} and {tensor_path}")
 
 
@@ -369,16 +154,13 @@ def _eval(args: argparse.Namespace) -> None:
     }
     if changes.get("fid_weights"):
         changes["fid_weights"] = str(Path(changes["fid_weights"]).expanduser().resolve())
-    cfg = _moved_data(replace(cfg, eval=replace(cfg.eval, **changes)), args.data_path)
+    cfg = with_data_path(replace(cfg, eval=replace(cfg.eval, **changes)), args.data_path)
     splits = load_data(cfg.data)
     check_evaluable(splits, cfg.eval)
-    metrics = _record(_metrics(model, cfg, splits), cfg, trained.step)
-    _log_evaluation(cfg, run, metrics, None)
-    folder = run / EVALUATIONS
-    folder.mkdir(exist_ok=True)
-    path = _unused_path(folder, time.strftime("%Y%m%d-%H%M%S"), ".json")
-    save_json(path, metrics)
-    print(_summary(metrics))
+    metrics = record(run_metrics(model, cfg, splits), cfg, trained.step)
+    log_evaluation(cfg, run, metrics, None)
+    path = save_evaluation(run, metrics)
+    print(summary(metrics))
     print(f"wrote {path}")
 
 
@@ -395,7 +177,7 @@ def _add_eval_overrides(parser: argparse.ArgumentParser) -> None:
         group.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=type(f.default),
+            type=option_type(f),
             choices=choices,
             default=argparse.SUPPRESS,
             metavar=None if choices else f.name.upper(),

@@ -4,7 +4,7 @@ Given a cache folder (``DataConfig.cache``), an image dataset is copied once, on
 file at a time, into ``<cache>/<name>-<side>-<key>/`` as ``.npy`` arrays:
 ``{train,test}_images.npy`` (``uint8 [N, C, H, W]`` levels, already resized) and
 ``{train,test}_labels.npy`` (``int64 [N]``). Later reads memory-map the images: the training
-loop gathers each micro-batch from the mapping (:mod:`ndm.training`), so only the pages of
+loop gathers each micro-batch from the mapping (:mod:`ndm.runs.training`), so only the pages of
 the drawn rows are read and the host never holds the whole set in its own memory.
 
 ``key`` hashes the dataset's name, the resolution and the relative path, size and

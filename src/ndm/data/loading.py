@@ -5,7 +5,7 @@ Toy data and the points of a file are float ``[N, D]`` points used as they are. 
 ``x = 2 (k + u) / L - 1`` in ``[-1, 1]`` (:func:`ndm.data.images.dequantise`): it trains on
 them with fresh noise ``u`` at every step (and random horizontal flips for datasets that use
 them), and its NLL and NELBO are scored on them, so that both bound the same discrete
-likelihood (:func:`ndm.likelihood.dequantisation_offset`). Plots and FID see the bin centres
+likelihood (:func:`ndm.losses.likelihood.dequantisation_offset`). Plots and FID see the bin centres
 ``x = (2 k + 1) / L - 1``.
 """
 

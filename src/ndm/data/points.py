@@ -2,7 +2,7 @@
 
 A points file is an ``.npz`` archive of arrays only (read without unpickling) holding
 ``train``: float ``[N, D]`` and, optionally, ``test``: float ``[M, D]`` (absent: no test
-points). :func:`ndm.training.train` writes the points it is handed in this format into the
+points). :func:`ndm.runs.training.train` writes the points it is handed in this format into the
 run folder, so that the run can be resumed, sampled and evaluated on what it trained on.
 """
 

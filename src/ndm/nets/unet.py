@@ -56,7 +56,7 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.float().contiguous()).to(x.dtype)
 
 
-def _norm(channels: int, groups: int) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
     """GroupNorm with the largest group count ``<= groups`` that divides ``channels``."""
     return GroupNorm32(math.gcd(channels, groups), channels)
 
@@ -74,10 +74,10 @@ class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, temb: int, dropout: float, groups: int) -> None:
         super().__init__()
         self.in_layers = nn.Sequential(
-            _norm(cin, groups), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1)
+            group_norm(cin, groups), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1)
         )
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(temb, 2 * cout))
-        self.out_norm = _norm(cout, groups)
+        self.out_norm = group_norm(cout, groups)
         self.out_layers = nn.Sequential(
             nn.SiLU(), nn.Dropout(dropout), _zero(nn.Conv2d(cout, cout, 3, padding=1))
         )
@@ -96,7 +96,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, head_channels: int, groups: int) -> None:
         super().__init__()
         self.heads = max(1, channels // head_channels)
-        self.norm = _norm(channels, groups)
+        self.norm = group_norm(channels, groups)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv1d(channels, channels, 1))
 
@@ -212,7 +212,9 @@ class UNet(nn.Module):
             self.up.append(nn.ModuleDict({"blocks": blocks, **({"up": up} if up else {})}))
 
         self.out = nn.Sequential(
-            _norm(cur, groups), nn.SiLU(), nn.Conv2d(cur, out_channels or in_channels, 3, padding=1)
+            group_norm(cur, groups),
+            nn.SiLU(),
+            nn.Conv2d(cur, out_channels or in_channels, 3, padding=1),
         )
         if zero_init_output:
             _zero(self.out[-1])
