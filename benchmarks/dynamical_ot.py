@@ -18,7 +18,7 @@ On a 1-D two-component Gaussian mixture and the 2-D ``8gaussians`` data, trains 
 
 Writes the table (``--out``) and a figure of paths (``--figure``). Usage::
 
-    python benchmarks/dynamical_ot.py --out benchmarks/results/dynamical_ot.md \\
+    python -m benchmarks.dynamical_ot --out benchmarks/results/dynamical_ot.md \\
         --figure benchmarks/results/dynamical_ot.png
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -39,6 +38,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from benchmarks.harness import environment, report
 from ndm.analysis.transport import (  # noqa: E402
     FlowPaths,
     chord_length_ratio,
@@ -52,8 +52,6 @@ from ndm.data.toy2d import toy2d_splits  # noqa: E402
 from ndm.models.ndm import NDM  # noqa: E402
 from ndm.runs.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from ndm.runs.training import train  # noqa: E402
-
-from report import report
 
 MIXTURE_1D = {"weights": (0.5, 0.5), "means": (-2.0, 2.0), "std": 0.4}
 
@@ -250,8 +248,7 @@ def main() -> None:
         command,
         "```",
         "",
-        f"torch {torch.__version__}, {args.threads} thread(s), {platform.machine()}; "
-        f"total {time.perf_counter() - began:.0f} s.",
+        f"{environment(args.threads)}; total {time.perf_counter() - began:.0f} s.",
         "",
         f"Every model: MLP {m.hidden}x{m.depth} for x_theta (and F_phi), schedule {m.schedule}, "
         f"{m.objective} objective, time sampling {m.time_sampling}, {args.steps} steps of "

@@ -8,15 +8,14 @@ with ancestral (FID) and DDIM (FID*) sampling on the training grid; the ``T = 10
 are also evaluated with 10 steps (NELBO of the 10-step model, samples on 10 steps). All in
 bits/dim of the 8-bit data. Usage::
 
-    python benchmarks/fashion_mnist.py --preset cpu --out benchmarks/results/fashion_mnist.md
-    python benchmarks/fashion_mnist.py --preset gpu --path /data/fashion-mnist   # on a GPU
+    python -m benchmarks.fashion_mnist --preset cpu --out benchmarks/results/fashion_mnist.md
+    python -m benchmarks.fashion_mnist --preset gpu --path /data/fashion-mnist   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import platform
 import time
 from dataclasses import replace
 from functools import partial
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import cached_row, environment, report, trained_model, training_seconds
 from ndm.analysis.diagnostics import identity_transform_gap, transform_displacement
 from ndm.data.images import dequantise
 from ndm.data.loading import Splits, model_input
@@ -40,9 +40,6 @@ from ndm.plots.images import plot_image_samples, plot_image_transform, plot_pred
 from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from ndm.runs.folder import load_run
 from ndm.runs.inputs import load_data
-
-from report import report
-from runs import cached_row, trained_model, training_seconds
 
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
 TIMES = (0.25, 0.5, 0.75, 1.0)  # of the displacement of a learned F
@@ -244,7 +241,7 @@ def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> 
         "the per-image differences (negative: better); FID from "
         f"{args.fid_samples} samples against as many test images, features of a classifier "
         f"with test accuracy {info.get('classifier_test_accuracy', float('nan')):.3f}. "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}; "
+        f"{environment()}; "
         f"training and evaluation of these rows took {_total_seconds(rows):.0f} s in all (the "
         "train s and eval s columns; the 1000 → 10 rows reuse the T = 1000 runs); this "
         f"invocation took {seconds:.0f} s.",

@@ -18,13 +18,14 @@ Each row is pass or fail with its figure:
 
 Usage::
 
-    python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.md   # on a CUDA GPU
-    python benchmarks/gpu_check.py --device cpu --tiny                       # dry run (a test)
+    python -m benchmarks.gpu_check --out benchmarks/results/gpu_check.md   # on a CUDA GPU
+    python -m benchmarks.gpu_check --device cpu --tiny                       # dry run (a test)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import tempfile
@@ -38,16 +39,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.harness import report
+from benchmarks.step_time import MODELS, make_step, step_table
 from ndm.losses.likelihood import ode_nll
 from ndm.losses.objectives import continuous_diffusion_integrand, discrete_diffusion_term
 from ndm.runs.builders import build_model
 from ndm.runs.checkpoint import load_checkpoint
 from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from ndm.runs.folder import METRICS, read_metrics
 from ndm.runs.training import train
 from ndm.sampling.samplers import get_sampler, time_grid
-
-from report import report
-from step_time import MODELS, make_step, step_table
 
 # tolerance of device against CPU (relative to the CPU value's scale), by precision
 TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}
@@ -247,8 +248,8 @@ def imagenet_at_scale(folder: Path, device: str, side: int, arch: str, batch: in
         )
         began = time.perf_counter()
         train(_run_config(arch, data, 3, batch, device), folder / "imagenet-run")
-        line = (folder / "imagenet-run" / "metrics.jsonl").read_text().splitlines()[-1]
-        finite = "NaN" not in line and "Infinity" not in line
+        line = read_metrics(folder / "imagenet-run" / METRICS)[-1]
+        finite = all(math.isfinite(v) for v in line.values() if isinstance(v, float))
         return finite, f"3 steps of batch {batch} in {time.perf_counter() - began:.1f} s"
 
     return check

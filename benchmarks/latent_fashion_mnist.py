@@ -8,20 +8,20 @@ with the NDM's continuous NELBO of ``y`` and its decoder and encoder terms, and 
 of a small classifier trained on the training split, or Inception-v3 from ``--fid-weights``)
 of ancestral samples decoded to the mode of ``p(x | y)``. Usage::
 
-    python benchmarks/latent_fashion_mnist.py --preset cpu --out benchmarks/results/latent_fashion_mnist.md
-    python benchmarks/latent_fashion_mnist.py --preset gpu --path celeba_hq_256/ \\
+    python -m benchmarks.latent_fashion_mnist --preset cpu --out benchmarks/results/latent_fashion_mnist.md
+    python -m benchmarks.latent_fashion_mnist --preset gpu --path celeba_hq_256/ \\
         --fid-weights pt_inception-2015-12-05-6726825d.pth          # 256x256 image folder, GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.harness import environment, report
 from ndm.evaluation.evaluate import evaluate, fid_features, sample_quality
 from ndm.runs.config import (
     DataConfig,
@@ -33,8 +33,6 @@ from ndm.runs.config import (
 )
 from ndm.runs.inputs import load_data
 from ndm.runs.training import train
-
-from report import report
 
 DEBIAN_PATH = "/usr/share/datasets/fashion-mnist"
 PRESETS = {
@@ -167,10 +165,10 @@ def main() -> None:
         f"# Latent NDM against latent diffusion, {p['dataset']} {p['resolution']}x"
         f"{p['resolution']} (bits/dim of the data)",
         "",
-        f"Command: `python benchmarks/latent_fashion_mnist.py --preset {args.preset}"
+        f"Command: `python -m benchmarks.latent_fashion_mnist --preset {args.preset}"
         f"{f' --threads {args.threads}' if args.threads else ''}"
-        f"{' --out ' + str(args.out) if args.out else ''}`. torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()}; total "
+        f"{' --out ' + str(args.out) if args.out else ''}`. {environment()}"
+        f"; total "
         f"{time.perf_counter() - began:.0f} s.",
         "",
         f"Preset {args.preset}: autoencoder to latents [{lat.latent_channels}, {side}, {side}] "

@@ -6,7 +6,7 @@ law with 40% of the mass on level 0), whose exact posterior ``E[x | z_t]`` and
 bound and each ``T`` the table gives the discrete NELBO (all ``T`` terms, the categorical
 decoder) minus the entropy, in bits/dim, ± one standard error over examples. Usage::
 
-    python benchmarks/lattice_oracle.py --out benchmarks/results/lattice_oracle.md
+    python -m benchmarks.lattice_oracle --out benchmarks/results/lattice_oracle.md
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import report
 from ndm.analysis.lattice_oracle import (
     LatticeOracle,
     centres,
@@ -31,8 +32,6 @@ from ndm.diffusion.decoders import CategoricalDecoder
 from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.schedules import LinearVPSchedule, LogSNRLinearSchedule
 from ndm.losses.likelihood import discrete_nelbo
-
-from report import report
 
 LEARNED_ENDS = "log-SNR linear, learned end points, variance from Var[x | z_t]"
 # label -> (schedule, whether the reverse variance is the oracle's optimum)

@@ -13,7 +13,7 @@ all ``T`` terms, nats) to the exact NLL, paired per test point,
   ``E||F(x, t) - x||^2 / E||x||^2`` at ``t = 0.5`` and ``1``, and the NELBO gap when ``F``
   is replaced by the identity at evaluation. Usage::
 
-    python benchmarks/mixture_1d.py --out benchmarks/results/mixture_1d.md
+    python -m benchmarks.mixture_1d --out benchmarks/results/mixture_1d.md
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import platform
 import time
 from dataclasses import replace
 from functools import partial
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import cached_row, environment, mean_and_stderr, report, trained_model
 from ndm.analysis.diagnostics import identity_transform_gap, transform_displacement
 from ndm.analysis.mixture_oracle import GaussianMixture, MixtureOracle
 from ndm.data.points import save_points
@@ -37,9 +37,6 @@ from ndm.diffusion.transforms import IdentityTransform
 from ndm.models.ndm import NDM
 from ndm.runs.checkpoint import atomic_write
 from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
-
-from report import mean_and_stderr, report
-from runs import cached_row, trained_model
 
 MIXTURE = GaussianMixture([0.5, 0.5], [-2.0, 2.0], [0.4, 0.4])
 LABELS = {"identity": "DDPM (F = x)", "learned": "NDM (learned F)"}
@@ -114,8 +111,8 @@ def main() -> None:
         "draws per test point, the same draws for every model) minus the exact NLL, nats, "
         "paired per test point (± its standard error over points for the best DDPM, ± the "
         "standard error over seeds for trained models); F: displacement E||F(x,t) - x||^2 / E||x||^2 at t = 0.5, 1, and the "
-        f"NELBO gap with F = x at evaluation. torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()}.",
+        f"NELBO gap with F = x at evaluation. {environment()}"
+        f".",
         "",
         "| T | model | NELBO − NLL | per seed | F moved (t = 0.5, 1) | NELBO(F = x) − NELBO |",
         "|---|---|---|---|---|---|",

@@ -12,11 +12,11 @@
 
 Tables 1 and 2 time untrained networks (time does not depend on the weights); 3 and 4 need
 trained runs, given by ``--ndm-run`` and ``--ddpm-run`` (image runs, e.g. those of
-``benchmarks/fashion_mnist.py``). Usage::
+``benchmarks.fashion_mnist``). Usage::
 
-    python benchmarks/sampling_cost.py --ndm-run runs/fashion-mnist/learned-T1000 \\
+    python -m benchmarks.sampling_cost --ndm-run runs/fashion-mnist/learned-T1000 \\
         --ddpm-run runs/fashion-mnist/identity-T1000 --out benchmarks/results/sampling_cost.md
-    python benchmarks/sampling_cost.py --tables overhead --out benchmarks/results/sampling_overhead.md
+    python -m benchmarks.sampling_cost --tables overhead --out benchmarks/results/sampling_overhead.md
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import report
 from ndm.data.images import dequantise
 from ndm.diffusion.schedules import TableVPSchedule
 from ndm.models.ndm import NDM
@@ -37,8 +38,6 @@ from ndm.runs.config import ModelConfig
 from ndm.runs.folder import load_run
 from ndm.runs.inputs import load_data
 from ndm.sampling.samplers import get_sampler, time_grid
-
-from report import report
 
 SHAPE = (1, 16, 16)
 

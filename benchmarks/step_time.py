@@ -13,10 +13,10 @@ double-backward trick. A third times the clipping of NDM's gradients
 (``ndm.runs.training.clip_gradients``) over all parameters against over ``phi`` and ``theta``
 apart, beside the discrete training step it follows. Usage::
 
-    python benchmarks/step_time.py                      # CPU: MLP and the U-Net presets
-    python benchmarks/step_time.py --device cuda --precision bf16
-    python benchmarks/step_time.py --compile            # adds torch.compile columns
-    python benchmarks/step_time.py --only cpu28 --skip "NDM, double backward"
+    python -m benchmarks.step_time                      # CPU: MLP and the U-Net presets
+    python -m benchmarks.step_time --device cuda --precision bf16
+    python -m benchmarks.step_time --compile            # adds torch.compile columns
+    python -m benchmarks.step_time --only cpu28 --skip "NDM, double backward"
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import Tensor
 
+from benchmarks.harness import report
 from ndm.diffusion.transforms import LearnedTransform
 from ndm.models.ndm import NDM
 from ndm.runs.builders import build_model
 from ndm.runs.config import ModelConfig
 from ndm.runs.optim import clip_gradients
-
-from report import report
 
 # name, architecture, example shape, batch
 CASES = [

@@ -4,7 +4,7 @@ For a trained run, draws one ``(t, z_t)`` per test point and repetition and repo
 mean and the per-draw standard deviation of the diffusion term ``integrand(t) / p(t)``
 (nats). All densities estimate the same integral; the smallest spread trains best::
 
-    python benchmarks/time_sampling.py runs/toy2d-.../learned --out benchmarks/results/time_sampling.md
+    python -m benchmarks.time_sampling runs/toy2d-.../learned --out benchmarks/results/time_sampling.md
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import report
 from ndm.data.toy2d import toy2d_splits
 from ndm.diffusion.timesampling import TIME_SAMPLINGS
 from ndm.losses.objectives import continuous_nelbo_terms
 from ndm.runs.folder import load_run
-
-from report import report
 
 
 def main() -> None:

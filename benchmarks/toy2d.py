@@ -6,16 +6,14 @@ Prints one table: test NLL (probability-flow ODE, exact divergence, dopri5), NEL
 data's entropy (the limit for any model), the ODE sampler's NFE and the training time
 per step. Usage::
 
-    python benchmarks/toy2d.py --steps 8000 --out benchmarks/results/toy2d.md
-    python benchmarks/toy2d.py --steps 3000 --transforms learned separable identity \
+    python -m benchmarks.toy2d --steps 8000 --out benchmarks/results/toy2d.md
+    python -m benchmarks.toy2d --steps 3000 --transforms learned separable identity \
         --out benchmarks/results/toy2d_separable.md
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from dataclasses import replace
@@ -23,13 +21,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import environment, markdown_table, report
 from ndm.data.loading import Splits
 from ndm.evaluation.evaluate import evaluate
 from ndm.runs.config import RunConfig
+from ndm.runs.folder import METRICS, read_metrics
 from ndm.runs.inputs import load_data
 from ndm.runs.training import train
-
-from report import report
 
 LABELS = {
     "learned": "NDM (learned F)",
@@ -43,8 +41,9 @@ def run(cfg: RunConfig, run_dir: Path, splits: Splits, n_samples: int) -> dict:
     began = time.perf_counter()
     model = train(cfg, run_dir)
     wall = time.perf_counter() - began
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    step_time = statistics.median(line["seconds_per_step"] for line in lines)
+    step_time = statistics.median(
+        line["seconds_per_step"] for line in read_metrics(run_dir / METRICS)
+    )
     metrics = evaluate(model, splits, cfg.eval)
     generator = torch.Generator().manual_seed(1)
     sample = model.sample(
@@ -94,19 +93,19 @@ def main() -> None:
         f"Same settings for all: MLP {m.hidden}x{m.depth} for x_theta (and F_phi), schedule "
         f"{m.schedule}, {m.objective} objective, time sampling {m.time_sampling}, batch "
         f"{base.train.batch_size}, lr {base.train.lr}, EMA {base.train.ema_decay}. "
-        f"Test set: {args.n_eval} points. torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()}.",
+        f"Test set: {args.n_eval} points. {environment()}"
+        f".",
         "",
-        "| model | test NLL (nats) | NELBO (nats) | entropy limit | ODE NFE (rtol=atol=1e-5) "
-        "| s / training step |",
-        "|---|---|---|---|---|---|",
     ]
-    for label, r in rows.items():
-        limit_text = f"{limit:.3f}" if limit is not None else "-"
-        lines.append(
-            f"| {label} | {r['nll']:.3f} ± {r['nll_stderr']:.3f} | {r['nelbo']:.3f} ± "
-            f"{r['nelbo_stderr']:.3f} | {limit_text} | {r['ode_nfe']} | {r['step_seconds']:.4f} |"
-        )
+    header = ["model", "test NLL (nats)", "NELBO (nats)", "entropy limit"]
+    header += ["ODE NFE (rtol=atol=1e-5)", "s / training step"]
+    limit_text = f"{limit:.3f}" if limit is not None else "-"
+    table = [
+        [label, f"{r['nll']:.3f} ± {r['nll_stderr']:.3f}", f"{r['nelbo']:.3f} ± "
+         f"{r['nelbo_stderr']:.3f}", limit_text, r["ode_nfe"], f"{r['step_seconds']:.4f}"]
+        for label, r in rows.items()
+    ]  # fmt: skip
+    lines += markdown_table(header, table)
     walls = ", ".join(f"{label} {r['train_wall']:.0f} s" for label, r in rows.items())
     lines += ["", f"Training wall time: {walls}."]
     ddpm = rows.get(LABELS["identity"])

@@ -6,26 +6,21 @@ seed on the same budget and data, then scored on the same test points: the discr
 (the sum of all ``T`` terms) and the ODE NLL (exact divergence, dopri5), in nats. Rows give
 the mean over seeds ± the standard error over seeds; the per-seed values follow. Usage::
 
-    python benchmarks/toy2d_discrete.py --steps 600 --n-eval 300 \
+    python -m benchmarks.toy2d_discrete --steps 600 --n-eval 300 \
         --out benchmarks/results/toy2d_discrete.md
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
+from benchmarks.harness import environment, markdown_table, mean_and_stderr, report, trained_model
 from ndm.evaluation.evaluate import evaluate
 from ndm.runs.config import RunConfig
 from ndm.runs.inputs import load_data
-
-from report import mean_and_stderr, report
-from runs import trained_model
 
 LABELS = {"learned": "NDM (learned F)", "identity": "DDPM (F = x)"}
 
@@ -38,8 +33,8 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, nargs="+", default=[10, 1000])
     parser.add_argument("--n-eval", type=int, default=2000)
     parser.add_argument("--tol", type=float, default=1e-4, help="dopri5 rtol = atol of the NLL")
-    parser.add_argument("--time-scale", type=float, default=0.0,
-                        help="the networks' time embedding sees this times t (0: T t)")  # fmt: skip
+    parser.add_argument("--time-scale", type=float, default=None,
+                        help="the networks' time embedding sees this times t (default: T t)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs") / "toy2d-discrete")
     args = parser.parse_args()
@@ -75,23 +70,29 @@ def main() -> None:
         "",
         f"MLP {m.hidden}x{m.depth} for x_theta (and F_phi), schedule {m.schedule}, reverse "
         f"variance {m.reverse_variance} (learned), time embedded at "
-        f"{'T' if not m.time_scale else f'{m.time_scale:.0f}'} t, batch {base.train.batch_size}, lr "
+        f"{'T' if m.time_scale is None else f'{m.time_scale:.0f}'} t, batch {base.train.batch_size}, lr "
         f"{base.train.lr}, EMA {base.train.ema_decay}; {args.n_eval} test points, entropy "
         f"{splits.entropy:.3f} nats. NELBO: all T terms; NLL: probability-flow ODE, exact "
-        f"divergence, dopri5 rtol=atol={args.tol}. torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()}; total "
+        f"divergence, dopri5 rtol=atol={args.tol}. {environment()}"
+        f"; total "
         f"{time.perf_counter() - began:.0f} s.",
         "",
-        "| T | model | NELBO (nats) | NLL (nats) | NELBO per seed | NLL per seed |",
-        "|---|---|---|---|---|---|",
     ]
+    table = []
     for (num_steps, transform), runs in results.items():
         nelbos, nlls = [r["nelbo"] for r in runs], [r["nll"] for r in runs]
-        lines.append(
-            f"| {num_steps} | {LABELS[transform]} | {mean_and_stderr(nelbos)} | "
-            f"{mean_and_stderr(nlls)} | {', '.join(f'{v:.3f}' for v in nelbos)} | "
-            f"{', '.join(f'{v:.3f}' for v in nlls)} |"
+        per_seed = [", ".join(f"{v:.3f}" for v in values) for values in (nelbos, nlls)]
+        table.append(
+            [
+                num_steps,
+                LABELS[transform],
+                mean_and_stderr(nelbos),
+                mean_and_stderr(nlls),
+                *per_seed,
+            ]
         )
+    header = ["T", "model", "NELBO (nats)", "NLL (nats)", "NELBO per seed", "NLL per seed"]
+    lines += markdown_table(header, table)
     report("\n".join(lines), args.out)
 
 

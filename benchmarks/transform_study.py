@@ -16,7 +16,7 @@ Every variant is trained with each of ``--seeds`` seeds on the same data and bud
 * the median over training of ``grad_norm_phi / grad_norm_theta`` (the gradient's share
   that reaches ``F``), the signal-to-noise ratio of the trained model's gradient over
   ``phi`` and over ``theta`` (:func:`ndm.analysis.diagnostics.gradient_signal_to_noise`). Step
-  times are measured apart, by ``benchmarks/step_time.py``.
+  times are measured apart, by ``benchmarks.step_time``.
 
 "Longer" runs continue copies of the default NDM and DDPM runs to twice the steps (the
 learning rate is constant after warm-up, so only the order of random draws differs from
@@ -24,11 +24,11 @@ training that long at once). Each run and each row is
 kept in ``--runs-dir`` and reused by a rerun. The controlled case with a known answer is
 ``benchmarks/mixture_1d.py``. Usage::
 
-    python benchmarks/transform_study.py --out benchmarks/results/transform_study.md
-    python benchmarks/transform_study.py --datasets digits --image-regimes continuous \
+    python -m benchmarks.transform_study --out benchmarks/results/transform_study.md
+    python -m benchmarks.transform_study --datasets digits --image-regimes continuous \
         --variants ddpm ndm interpolation random-init phi-lr clip-apart --no-figures \
         --out benchmarks/results/transform_study_digits_continuous.md
-    python benchmarks/transform_study.py --steps 2000 --image-steps 2000 --image-regimes \
+    python -m benchmarks.transform_study --steps 2000 --image-steps 2000 --image-regimes \
         'T = 10' continuous --runs-dir runs/transform-study-long   # with more time
 """
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import statistics
 import time
@@ -47,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.harness import cached_row, environment, mean_and_stderr, report, trained_model
 from ndm.analysis.diagnostics import (
     gradient_signal_to_noise,
     identity_transform_gap,
@@ -59,11 +59,8 @@ from ndm.models.ndm import NDM
 from ndm.plots.images import plot_image_transform, plot_predictions_from_noise
 from ndm.plots.points import plot_transform
 from ndm.runs.config import RunConfig, config_from_dict
-from ndm.runs.folder import load_run
+from ndm.runs.folder import METRICS, load_run, read_metrics
 from ndm.runs.inputs import load_data
-
-from report import mean_and_stderr, report
-from runs import cached_row, trained_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMES = (0.25, 0.5, 0.75, 1.0)
@@ -149,8 +146,7 @@ def measure(model: NDM, cfg: RunConfig, splits: Splits, run_dir: Path) -> dict:
         test = dequantise(test, splits.num_levels, torch.Generator().manual_seed(1))
     row = {"nelbo": metrics["nelbo_bpd" if splits.is_image else "nelbo"]}
     if cfg.model.transform == "learned":
-        log = (run_dir / "metrics.jsonl").read_text().splitlines()
-        lines = [json.loads(line) for line in log]
+        lines = read_metrics(run_dir / METRICS)
         row["moved"] = transform_displacement(model, test, torch.tensor(TIMES)).tolist()
         gap = identity_transform_gap(model, test, num_time_samples=cfg.eval.nelbo_time_samples)
         row["identity_gap"] = gap["gap"] * per_nats
@@ -275,8 +271,8 @@ def main() -> None:
         "evaluation minus the model's; |∇φ|/|∇θ|: the median over training of the gradient "
         f"norms' ratio; SNR: ||E g|| / sqrt(E||g - E g||^2) of the trained model's loss "
         f"gradient over φ and θ, from {SNR_BATCHES} training minibatches (below 1: a step is "
-        f"mostly noise). Step times: benchmarks/step_time.py. torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {platform.machine()}.",
+        f"mostly noise). Step times: benchmarks.step_time. {environment()}"
+        f".",
         "",
         "| data | regime | variant | NELBO | − DDPM | F moved | NELBO(F = x) − NELBO | "
         "|∇φ|/|∇θ| | SNR φ | SNR θ |",

@@ -1,19 +1,19 @@
-"""The GPU check's dry run: every check of ``benchmarks/gpu_check.py`` on the CPU, tiny."""
+"""The GPU check's dry run: every check of ``benchmarks.gpu_check`` on the CPU, tiny."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_gpu_check_runs_on_the_cpu_and_passes(tmp_path):
     out = tmp_path / "gpu_check.md"
     done = subprocess.run(
-        [sys.executable, "gpu_check.py", "--device", "cpu", "--tiny", "--repeats", "1",
+        [sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--tiny", "--repeats", "1",
          "--out", str(out)],
-        cwd=BENCHMARKS, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
         env=os.environ | {"OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -241,9 +241,7 @@ def test_two_stage_trains_the_autoencoder_then_only_the_ndm():
 def test_bits_per_dim_divide_by_the_data_dimension():
     model = tiny_model(objective="discrete", transform="identity").float()
     splits = load_splits("digits", 1, 1, 0)
-    metrics = evaluate(
-        model, splits, EvalConfig(n_eval=3, rtol=1e-2, atol=1e-2, nelbo_terms=5)
-    )
+    metrics = evaluate(model, splits, EvalConfig(n_eval=3, rtol=1e-2, atol=1e-2, nelbo_terms=5))
     data_dims = 64
     assert metrics["latent_dims"] == 2 * 4 * 4 != data_dims
     for key in ("nll", "nelbo"):
@@ -410,3 +408,11 @@ def test_bf16_autocast_trains_a_latent_run_with_a_float32_decoder(tmp_path):
         json.loads(line) for line in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()
     ]
     assert len(lines) == 4 and all(math.isfinite(line["loss"]) for line in lines)
+
+
+def test_a_latent_nll_past_its_step_limit_is_left_out_as_for_a_pixel_model():
+    splits = load_splits("digits", 1, 1, 0)
+    cfg = EvalConfig(n_eval=2, rtol=1e-5, atol=1e-5, nelbo_time_samples=2, nll_max_steps=1)
+    metrics = evaluate(tiny_model().float(), splits, cfg)
+    assert "nll" not in metrics and "within 1 dopri5 steps" in metrics["nll_failure"]
+    assert math.isfinite(metrics["nelbo"]) and metrics["latent_dims"] == 2 * 4 * 4

@@ -25,7 +25,7 @@ from ndm.runs.special_cases import SPECIAL_CASES, special_case_config, special_c
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "python.md"
 TIMES = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)  # both ends included
 DRAWS = 10_000
 SIGMAS_ALLOWED = 5.0  # tolerance of the sampling check, in standard errors
@@ -260,8 +260,8 @@ def test_bad_case_or_option_rejected():
         special_case_config("ddpm", widht=3)
 
 
-def test_readme_table_lists_every_case_with_its_flags_and_test():
-    section = README.read_text().split("### The special cases of Table 1", 1)[1].split("\n#")[0]
+def test_the_guide_table_lists_every_case_with_its_flags_and_test():
+    section = GUIDE.read_text().split("## The special cases of Table 1", 1)[1].split("\n#")[0]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     for name in SPECIAL_CASES:
         (row,) = [r for r in rows if f"(`{name}`)" in r]
