@@ -88,7 +88,7 @@ def _config(
             **settings.get("model", {}),
         ),
         TrainConfig(
-            steps=args.steps or preset["steps"],
+            steps=preset["steps"] if args.steps is None else args.steps,
             batch_size=preset["batch_size"],
             lr=2e-4 if args.preset == "gpu" else 1e-3,
             warmup_steps=200,
@@ -172,7 +172,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--path", default=DEBIAN_PATH, help="folder of the IDX files")
-    parser.add_argument("--steps", type=int, default=0, help="training steps (0: the preset's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the preset's)"
+    )
     parser.add_argument("--seed", type=int, default=0,
                         help="training seed (of initialisation, minibatches and noise)")  # fmt: skip
     parser.add_argument("--n-eval", type=int, default=50, help="test images for NLL/NELBO")
@@ -227,7 +229,7 @@ def _table(args: argparse.Namespace, rows: list, info: dict, seconds: float) -> 
         "(discrete time, bits/dim)",
         "",
         f"Preset {args.preset}: U-Net {preset['architecture']} for x_theta and F_phi, "
-        f"{args.steps or preset['steps']} steps of batch {preset['batch_size']} (training seed "
+        f"{preset['steps'] if args.steps is None else args.steps} steps of batch {preset['batch_size']} (training seed "
         f"{args.seed}), trained on "
         "uniformly dequantised images, time embedded as the step index T t; log-SNR-linear "
         "schedule and learned reverse variance "

@@ -98,7 +98,7 @@ def _config(args: argparse.Namespace, transform: str) -> RunConfig:
             autoencoder_steps=p["autoencoder_steps"],
         ),
         train=TrainConfig(
-            steps=args.steps or p["steps"],
+            steps=p["steps"] if args.steps is None else args.steps,
             batch_size=p["batch_size"],
             lr=p["lr"],
             warmup_steps=100,
@@ -126,15 +126,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--path", default=DEBIAN_PATH, help="folder of the dataset's files")
-    parser.add_argument("--steps", type=int, default=0, help="training steps (0: the preset's)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the preset's)"
+    )
     parser.add_argument("--fid-weights", default="", help="Inception-v3 FID weights file")
     parser.add_argument("--classifier-steps", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     parser.add_argument("--runs-dir", type=Path, default=Path("runs") / "latent")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     began = time.perf_counter()
     cfg0 = _config(args, "identity")
@@ -166,7 +170,7 @@ def main() -> None:
         f"{p['resolution']} (bits/dim of the data)",
         "",
         f"Command: `python -m benchmarks.latent_fashion_mnist --preset {args.preset}"
-        f"{f' --threads {args.threads}' if args.threads else ''}"
+        f"{f' --threads {args.threads}' if args.threads is not None else ''}"
         f"{' --out ' + str(args.out) if args.out else ''}`. {environment()}"
         f"; total "
         f"{time.perf_counter() - began:.0f} s.",
