@@ -65,12 +65,21 @@ MODELS = {
     "ndm-ends": ("NDM, learned end points", "learned", "-ends", LEARNED_ENDS),
     "ndm-clip": ("NDM, phi and theta clipped apart", "learned", "-clip-apart", CLIPPED_APART),
     "ndm-frozen": ("NDM, phi frozen at F = x", "learned", "-frozen-phi", FROZEN_PHI),
+    "ndm-half": ("NDM, F at 1/2 width", "learned", "-f-half", {"model": {"transform_width": 0.5}}),
+    "ndm-quarter": (
+        "NDM, F at 1/4 width",
+        "learned",
+        "-f-quarter",
+        {"model": {"transform_width": 0.25}},
+    ),
 }
 #: the model each is compared with on the same images and noise (the "paired" columns)
 REFERENCE = {"ndm": "ddpm", "paper": "ddpm", "ddpm-ends": "ddpm", "ndm-ends": "ddpm-ends",
-             "ndm-clip": "ddpm", "ndm-frozen": "ddpm"}  # fmt: skip
+             "ndm-clip": "ddpm", "ndm-frozen": "ddpm", "ndm-half": "ddpm",
+             "ndm-quarter": "ddpm"}  # fmt: skip
 ROWS = ("ddpm:10", "ndm:10", "ddpm:1000", "ndm:1000", "paper:1000", "ddpm-ends:10",
-        "ndm-ends:10", "ndm-clip:10", "ndm-clip:1000", "ndm-frozen:1000")  # fmt: skip
+        "ndm-ends:10", "ndm-clip:10", "ndm-clip:1000", "ndm-frozen:1000", "ndm-half:10",
+        "ndm-quarter:10")  # fmt: skip
 
 
 def _config(

@@ -679,3 +679,21 @@ def test_a_transform_learning_rate_of_zero_freezes_phi_and_auto_is_lr(tmp_path):
     assert any(moved)
     groups = parameter_groups(trained, replace(cfg.train, transform_lr=None))
     assert len(groups) == 1 and "lr" not in groups[0]
+
+
+@pytest.mark.parametrize(("architecture", "shape"), [("mlp", (2,)), ("cpu16", (1, 16, 16))])
+def test_the_transform_network_can_be_narrower_than_the_predictor(architecture, shape):
+    def widths(width: float) -> tuple[int, int]:
+        cfg = ModelConfig(architecture=architecture, transform_width=width)
+        model = build_model(cfg, shape)
+        count = [
+            sum(p.numel() for p in m.parameters())
+            for m in (model.process.transform, model.predictor)
+        ]
+        return tuple(count)
+
+    full, half, quarter = widths(1.0), widths(0.5), widths(0.25)
+    assert full[0] == full[1] and half[1] == quarter[1] == full[1]
+    assert quarter[0] < half[0] < full[0] / 2.5  # parameters scale about as the width squared
+    with pytest.raises(ValueError, match="transform 'identity' has none"):
+        ModelConfig(transform="identity", transform_width=0.5)

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ndm.nets.checkpointing import whole_call
+
 
 def per_example(t: Tensor, like: Tensor) -> Tensor:
     """Reshape times ``[B]`` to ``[B, 1, ..., 1]`` so they broadcast against ``like``."""
@@ -52,7 +54,9 @@ class Transform(nn.Module):
         whose forward-mode and double-backward derivatives exist. A network that has no
         forward-mode derivative (an operation without the rule, as group norm on a
         broadcast tangent in diffusers' U-Nets) gets ``dF/dt`` by double backward from then
-        on, with a warning."""
+        on, with a warning. A network that checkpoints its blocks has a ``jvp`` call
+        checkpointed as one piece (forward-mode AD cannot run through checkpointed blocks)
+        and the double-backward derivative checkpointed block by block."""
         # jvp cannot attach a tangent to a tensor with repeated memory (``t.expand(B)``)
         x, t = x.contiguous(), t.contiguous()
         recording = torch.is_grad_enabled() and not t.requires_grad
@@ -60,7 +64,9 @@ class Transform(nn.Module):
             if self._no_forward_mode or (recording and self.derivative == "double_backward"):
                 return self._value_and_derivative_by_double_backward(x, t, recording)
             try:
-                return torch.func.jvp(lambda time: self.value(x, time), (t,), (torch.ones_like(t),))
+                if recording and getattr(getattr(self, "net", None), "checkpointing", False):
+                    return whole_call(self._value_and_derivative_by_jvp, x, t)
+                return self._value_and_derivative_by_jvp(x, t)
             except (RuntimeError, NotImplementedError) as error:
                 reason = str(error).strip().split("\n")[0][:160]
                 self._no_forward_mode = True
@@ -70,6 +76,10 @@ class Transform(nn.Module):
                     stacklevel=2,
                 )
                 return self._value_and_derivative_by_double_backward(x, t, recording)
+
+    def _value_and_derivative_by_jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(F, J 1)`` from one forward-mode Jacobian-vector product in ``t``, tangent 1."""
+        return torch.func.jvp(lambda time: self.value(x, time), (t,), (torch.ones_like(t),))
 
     def values(self, x: Tensor, times: Sequence[Tensor]) -> list[Tensor]:
         """``[F(x, t_k) for t_k in times]`` (each ``t_k [B]``, each value ``[B, ...]``) in one

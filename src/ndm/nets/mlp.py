@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ndm.nets.checkpointing import block
+
 
 def sinusoidal_embedding(
     t: Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0
@@ -53,6 +55,8 @@ class TimeMLP(nn.Module):
     the embedding conditions every one of the ``depth`` residual blocks. The map is
     smooth in ``t`` and each output row depends only on the matching input row.
     ``zero_init_output=True`` zeroes the final layer so the output starts at exactly 0.
+    With ``checkpointing`` set, each residual block is checkpointed
+    (:mod:`ndm.nets.checkpointing`).
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class TimeMLP(nn.Module):
         self.dim = dim
         self.time_embed_dim = time_embed_dim
         self.time_scale = time_scale
+        self.checkpointing = False  # each block recomputed in the backward pass when set
         self.time_mlp = nn.Sequential(
             nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
         )
@@ -86,6 +91,6 @@ class TimeMLP(nn.Module):
         t = t.to(x.dtype)
         temb = self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim, self.time_scale))
         h = self.inp(x)
-        for block in self.blocks:
-            h = block(h, temb)
+        for residual in self.blocks:
+            h = block(self, residual, h, temb)
         return self.out(h)

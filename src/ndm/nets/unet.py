@@ -10,11 +10,12 @@ has a forward-mode derivative, so ``torch.func.jvp`` in ``t`` works through the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
+from ndm.nets.checkpointing import block
 from ndm.nets.mlp import sinusoidal_embedding
 
 
@@ -150,7 +151,8 @@ class UNet(nn.Module):
 
     ``t`` enters through :func:`~ndm.nets.mlp.sinusoidal_embedding` and a two-layer SiLU MLP.
     ``image_size`` fixes where attention runs (by side length). ``zero_init_output=True``
-    zeroes the final convolution so the output starts at exactly 0.
+    zeroes the final convolution so the output starts at exactly 0. With ``checkpointing``
+    set, each residual and attention block is checkpointed (:mod:`ndm.nets.checkpointing`).
     """
 
     def __init__(
@@ -167,6 +169,7 @@ class UNet(nn.Module):
         ch, groups = cfg.channels, cfg.groups
         temb = 4 * ch
         self.channels, self.time_scale = ch, time_scale
+        self.checkpointing = False  # each block recomputed in the backward pass when set
         self.time_mlp = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.inp = nn.Conv2d(in_channels, ch, 3, padding=1)
 
@@ -227,18 +230,18 @@ class UNet(nn.Module):
         h = self.inp(x)
         hs = [h]
         for level in self.down:
-            for block in level["blocks"]:
-                h = block(h, temb)
+            for stage in level["blocks"]:
+                h = block(self, stage, h, temb)
                 hs.append(h)
             if "down" in level:
                 h = level["down"](h)
                 hs.append(h)
-        h = self.middle[0](h, temb)
-        h = self.middle[1](h)
-        h = self.middle[2](h, temb)
+        h = block(self, self.middle[0], h, temb)
+        h = block(self, self.middle[1], h)
+        h = block(self, self.middle[2], h, temb)
         for level in self.up:
-            for block in level["blocks"]:
-                h = block(torch.cat([h, hs.pop()], dim=1), temb)
+            for stage in level["blocks"]:
+                h = block(self, stage, torch.cat([h, hs.pop()], dim=1), temb)
             if "up" in level:
                 h = level["up"](h, hs[-1].shape[-2:])
         return self.out(h)
@@ -251,11 +254,13 @@ def build_unet(
     zero_init_output: bool = False,
     out_channels: int | None = None,
     time_scale: float = 1000.0,
+    width: float = 1.0,
 ) -> UNet:
     """The U-Net of ``UNET_PRESETS[preset]`` for ``in_channels``-channel square images,
     with ``out_channels`` outputs (default ``in_channels``), its time embedding at
-    ``time_scale * t``."""
+    ``time_scale * t``, and ``width`` times the preset's channels (rounded, at least 1)."""
     if preset not in UNET_PRESETS:
         raise ValueError(f"unknown U-Net preset {preset!r}; choose one of {sorted(UNET_PRESETS)}")
     config = UNET_PRESETS[preset]
+    config = replace(config, channels=max(1, round(config.channels * width)))
     return UNet(in_channels, image_size, config, zero_init_output, out_channels, time_scale)

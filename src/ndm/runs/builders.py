@@ -11,6 +11,7 @@ from ndm.diffusion.blur import BlurTransform
 from ndm.runs.config import LatentConfig, ModelConfig, RunConfig
 from ndm.models.latent import LatentNDM
 from ndm.models.ndm import NDM
+from ndm.nets.checkpointing import set_checkpointing
 from ndm.nets.mlp import TimeMLP
 from ndm.nets.unet import build_unet
 from ndm.diffusion.predictors import Predictor
@@ -49,16 +50,18 @@ def build_network(
     zero_init_output: bool,
     outputs: int = 1,
     time_scale: float = 1000.0,
+    width: float = 1.0,
 ) -> nn.Module:
     """``net(x [B, *shape], t [B]) -> [B, outputs * shape[0], *shape[1:]]``: a ``TimeMLP`` or
-    a U-Net preset, whose sinusoidal time embedding sees ``time_scale * t``."""
+    a U-Net preset, whose sinusoidal time embedding sees ``time_scale * t``, at ``width``
+    times the configured width (the MLP's hidden units, the U-Net's channels)."""
     name = architecture_for(cfg, shape)
     if name == "mlp":
         if len(shape) != 1:
             raise ValueError(f"the MLP takes points [B, D], not examples of shape {shape}")
         return TimeMLP(
             shape[0],
-            cfg.hidden,
+            max(1, round(cfg.hidden * width)),
             cfg.depth,
             zero_init_output=zero_init_output,
             out_dim=outputs * shape[0],
@@ -66,7 +69,8 @@ def build_network(
         )
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ValueError(f"a U-Net takes square images [B, C, H, H], not examples of shape {shape}")
-    return build_unet(name, shape[0], shape[2], zero_init_output, outputs * shape[0], time_scale)
+    channels = outputs * shape[0]
+    return build_unet(name, shape[0], shape[2], zero_init_output, channels, time_scale, width)
 
 
 def _scaled_output_layer(network: nn.Module, scale: float) -> nn.Module:
@@ -79,7 +83,8 @@ def _scaled_output_layer(network: nn.Module, scale: float) -> nn.Module:
 
 
 def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
-    """``"learned"``: ``F = x + t NN(x, t)`` (or ``(1 - t) x + t NN(x, t)``, ``transform_form``)
+    """The transform, its network (if any) at ``transform_width`` times the predictor's width.
+    ``"learned"``: ``F = x + t NN(x, t)`` (or ``(1 - t) x + t NN(x, t)``, ``transform_form``)
     with the network's output layer at zero, so the residual form starts as DDPM's (or at
     ``transform_init_scale`` times its default init); ``"separable"``: ``F = x + t sum_k P_k(2t - 1) G_k(x)``, likewise
     zero at start; ``"identity"``: ``F = x`` (the DDPM baseline); ``"blur"``: the fixed
@@ -87,14 +92,23 @@ def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
     if cfg.transform == "learned":
         scale = cfg.transform_init_scale
         network = build_network(
-            cfg, shape, zero_init_output=scale == 0, time_scale=cfg.transform_network_time_scale
+            cfg,
+            shape,
+            zero_init_output=scale == 0,
+            time_scale=cfg.transform_network_time_scale,
+            width=cfg.transform_width,
         )
         if scale:
             network = _scaled_output_layer(network, scale)
         return LearnedTransform(network, cfg.transform_derivative, cfg.transform_form)
     if cfg.transform == "separable":
         network = build_network(
-            cfg, shape, True, outputs=cfg.transform_basis, time_scale=cfg.network_time_scale
+            cfg,
+            shape,
+            True,
+            outputs=cfg.transform_basis,
+            time_scale=cfg.network_time_scale,
+            width=cfg.transform_width,
         )
         return SeparableTransform(network, cfg.transform_basis)
     if cfg.transform == "blur":
@@ -149,9 +163,16 @@ def build_run_model(
     cfg: RunConfig, shape: tuple[int, ...], num_levels: int | None = None
 ) -> NDM | LatentNDM:
     """The model of a run: a latent NDM when ``cfg.latent`` asks for one, else an NDM (of
-    points, or of images dequantised to a continuous density)."""
+    points, or of images dequantised to a continuous density), with the activation
+    checkpointing of ``cfg.train.checkpointing``."""
     if cfg.latent.enabled:
         if num_levels is None:
             raise ValueError("a latent NDM needs discrete images (num_levels)")
-        return build_latent_model(cfg.model, cfg.latent, shape, num_levels)
-    return build_model(cfg.model, shape, num_levels)
+        model = build_latent_model(cfg.model, cfg.latent, shape, num_levels)
+        ndm = model.ndm
+    else:
+        model = ndm = build_model(cfg.model, shape, num_levels)
+    checkpointed = {"none": None, "transform": ndm.process.transform, "all": ndm}
+    if checkpointed[cfg.train.checkpointing] is not None:
+        set_checkpointing(checkpointed[cfg.train.checkpointing], True)
+    return model

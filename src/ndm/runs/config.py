@@ -24,6 +24,7 @@ from ndm.data.loading import ALL_DATASETS, is_image_dataset
 from ndm.models.latent import LATENT_MODES
 from ndm.losses.likelihood import DIVERGENCES
 from ndm.models.ndm import OBJECTIVES
+from ndm.nets.checkpointing import CHECKPOINTING
 from ndm.nets.unet import UNET_PRESETS
 from ndm.diffusion.predictors import PARAMETERISATIONS
 from ndm.sampling.samplers import SAMPLERS
@@ -149,6 +150,12 @@ class ModelConfig(_Section):
         check=POSITIVE,
         kind=float,
     )
+    transform_width: float = _option(
+        1.0,
+        "width of F's network relative to x_theta's (the U-Net's channels, the MLP's hidden "
+        "units): a smaller F costs less time and memory",
+        check=POSITIVE,
+    )
     transform_basis: int = _option(
         4,
         "Legendre polynomials in t of the separable transform F = x + t sum_k P_k(2t-1) G_k(x)",
@@ -245,6 +252,11 @@ class ModelConfig(_Section):
         given = [name for name, default in learned_only.items() if getattr(self, name) != default]
         if given and self.transform != "learned":
             raise ValueError(f"{given} shape a learned transform; transform is {self.transform!r}")
+        if self.transform_width != 1.0 and self.transform not in ("learned", "separable"):
+            raise ValueError(
+                f"transform_width sizes the network of a learned or separable transform; "
+                f"transform {self.transform!r} has none"
+            )
         if self.schedule_endpoints == "learned" and self.schedule not in LEARNABLE_ENDPOINTS:
             raise ValueError(
                 f"schedule {self.schedule!r} has fixed end points; schedule_endpoints 'learned' "
@@ -334,6 +346,13 @@ class TrainConfig(_Section):
         "parameters phi and of the rest, each on its own, so that phi's gradient does not "
         "scale down the predictor's",
         ("all", "apart"),
+    )
+    checkpointing: str = _option(
+        "none",
+        "activation checkpointing, memory for time: none, transform (F's network) or all "
+        "(every network); the gradients stay the same. A jvp dF/dt is checkpointed per call "
+        "of F, a double_backward one per block",
+        CHECKPOINTING,
     )
     seed: int = _option(0, "seed of initialisation, minibatches and noise", check=NON_NEGATIVE)
     checkpoint_every: int = _option(1000, "steps between checkpoints", check=POSITIVE)
