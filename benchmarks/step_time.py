@@ -22,10 +22,16 @@ apart, beside the discrete training step it follows. Usage::
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -33,6 +39,7 @@ from torch import Tensor
 from benchmarks.harness import report
 from ndm.diffusion.transforms import LearnedTransform
 from ndm.models.ndm import NDM
+from ndm.nets.checkpointing import set_checkpointing
 from ndm.runs.builders import build_model
 from ndm.runs.config import ModelConfig
 from ndm.runs.optim import clip_gradients
@@ -81,17 +88,71 @@ def make_step(model: NDM, x: Tensor, precision: str) -> Callable[[], None]:
     return step
 
 
-def step_memory(model: NDM, x: Tensor, precision: str) -> int:
-    """Peak CUDA bytes of one step, or on a CPU the bytes saved for its backward pass."""
+def saved_bytes(model: NDM, x: Tensor, precision: str) -> int:
+    """The bytes of the tensors one step saves for its backward pass (a view counts as
+    its own tensor)."""
     step = make_step(model, x, precision)
-    if x.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(x.device)
-        step()
-        return torch.cuda.max_memory_allocated(x.device)
     total = [0]
     with saved_tensor_bytes(total):
         step()
     return total[0]
+
+
+def _peak_growth(
+    arch: str, shape: tuple[int, ...], spec: tuple, objective: str, batch: int, precision: str,
+    device: torch.device,
+) -> float:  # fmt: skip
+    """MB by which one step at ``batch`` raises this process's peak memory over what it
+    holds before the step, after a warm-up step at batch 1 (weights, gradients and Adam's
+    state are then in place): the peak CUDA allocation, or the peak resident set size
+    (Linux's ``VmHWM``, reset before the step)."""
+    variant, compiled = spec
+    torch.manual_seed(0)
+    model = build(arch, shape, variant, objective).to(device)
+    if compiled:
+        model.compile()
+    make_step(model, torch.rand(1, *shape, device=device) * 2 - 1, precision)()
+    x = torch.rand(batch, *shape, device=device) * 2 - 1
+    step = make_step(model, x, precision)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from now
+    before = _status_kib("VmRSS")
+    step()
+    return (_status_kib("VmHWM") - before) / 2**10
+
+
+def _status_kib(field: str) -> int:
+    """A memory figure of this process from ``/proc/self/status``, KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_memory(
+    arch: str, shape: tuple[int, ...], spec: tuple, objective: str, batch: int, precision: str,
+    device: torch.device,
+) -> float:  # fmt: skip
+    """:func:`_peak_growth` of one step, measured in a fresh process on a CPU (where the
+    resident set's peak is the process's, so each model needs its own), in this one on a
+    GPU."""
+    if device.type == "cuda":
+        return _peak_growth(arch, shape, spec, objective, batch, precision, device)
+    probe = json.dumps([arch, list(shape), [list(spec[0]), spec[1]], objective, batch, precision])
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.step_time", "--peak-probe", probe],
+        capture_output=True, text=True, check=False,
+        env=os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())},
+    )  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"peak memory probe failed: {done.stderr[-1000:]}")
+    return float(done.stdout.split()[-1])
 
 
 def time_alternately(
@@ -119,38 +180,56 @@ def time_alternately(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def build(
-    arch: str, shape: tuple[int, ...], transform: str, objective: str, derivative: str = "jvp"
-) -> NDM:
-    cfg = ModelConfig(
-        transform=transform,
-        architecture=arch,
-        objective=objective,
-        transform_derivative=derivative,
-        reverse_variance="posterior",  # one output per network, as in the committed tables
-    )
-    return build_model(cfg, shape)
+class Variant(NamedTuple):
+    """A model of the step table: its transform, how ``dF/dt`` is taken, what is
+    checkpointed, and the width of F's network relative to the predictor's."""
+
+    transform: str
+    derivative: str = "jvp"
+    checkpointing: str = "none"
+    width: float = 1.0
 
 
-MODELS = {  # name: (transform, derivative of a learned transform)
-    "DDPM": ("identity", "jvp"),
-    "NDM": ("learned", "jvp"),
-    "NDM, double backward": ("learned", "double_backward"),
-    "NDM, separable": ("separable", "jvp"),
+MODELS = {
+    "DDPM": Variant("identity"),
+    "NDM": Variant("learned"),
+    "NDM, double backward": Variant("learned", "double_backward"),
+    "NDM, checkpointed": Variant("learned", checkpointing="all"),
+    "NDM, double backward, checkpointed": Variant("learned", "double_backward", "all"),
+    "NDM, F at 1/2 width": Variant("learned", width=0.5),
+    "NDM, F at 1/4 width": Variant("learned", width=0.25),
+    "NDM, separable": Variant("separable"),
 }
 
 
-def variants(args: argparse.Namespace) -> dict[str, tuple[str, str, bool]]:
-    """name: (transform, derivative, compiled) of every model the step table times; with
-    ``--compile``, each model also compiled (but double backward, which does not run
-    through a compiled network), timed in the same run as the eager ones."""
-    kept = {n: spec for n, spec in MODELS.items() if n not in args.skip}
-    out = {n: (transform, derivative, False) for n, (transform, derivative) in kept.items()}
+def build(arch: str, shape: tuple[int, ...], variant: Variant, objective: str) -> NDM:
+    cfg = ModelConfig(
+        transform=variant.transform,
+        architecture=arch,
+        objective=objective,
+        transform_derivative=variant.derivative,
+        transform_width=variant.width,
+        reverse_variance="posterior",  # one output per network, as in the committed tables
+    )
+    model = build_model(cfg, shape)
+    checkpointed = {"none": None, "transform": model.process.transform, "all": model}
+    if checkpointed[variant.checkpointing] is not None:
+        set_checkpointing(checkpointed[variant.checkpointing], True)
+    return model
+
+
+def variants(args: argparse.Namespace) -> dict[str, tuple[Variant, bool]]:
+    """name: (variant, compiled) of every model the step table times: ``--models`` but
+    ``--skip``; with ``--compile``, each also compiled (but those whose backward pass runs
+    a double backward or a checkpoint, which do not run through a compiled network), timed
+    in the same run as the eager ones."""
+    names = ["DDPM"] + [n for n in args.models if n != "DDPM" and n not in args.skip]
+    out = {n: (MODELS[n], False) for n in names}
     if args.compile:
         out |= {
-            f"{n}, compiled": (transform, derivative, True)
-            for n, (transform, derivative) in kept.items()
-            if derivative != "double_backward"
+            f"{n}, compiled": (MODELS[n], True)
+            for n in names
+            if MODELS[n].derivative != "double_backward" and MODELS[n].checkpointing == "none"
         }
     return out
 
@@ -158,12 +237,15 @@ def variants(args: argparse.Namespace) -> dict[str, tuple[str, str, bool]]:
 def step_table(
     args: argparse.Namespace, device: torch.device, cases: list[tuple] = CASES
 ) -> list[str]:
-    """The step-time table of ``cases`` ``(name, architecture, example shape, batch)``."""
+    """The step-time table of ``cases`` ``(name, architecture, example shape, batch)``: each
+    model's seconds per step and ratio to DDPM's; its peak memory (:func:`peak_memory`) and
+    its ratio to DDPM's; and the bytes it saves for the backward pass."""
     specs = variants(args)
     others = [name for name in specs if name != "DDPM"]
-    compiled = [name for name, spec in specs.items() if spec[2]]
-    columns = ["DDPM s/step"] + [f"{n} s/step | {n} / DDPM" for n in others]
-    columns += [f"{n} memory MB" for n in specs]
+    compiled = [name for name, spec in specs.items() if spec[1]]
+    columns = ["DDPM s/step", "DDPM peak MB"]
+    columns += [f"{n} s/step | {n} / DDPM | {n} peak MB | {n} peak / DDPM" for n in others]
+    columns += [f"{n} saved MB" for n in specs]
     columns += [f"{n} compile + first step s" for n in compiled]
     header = "| network | objective | batch | " + " | ".join(columns) + " |"
     lines = [header, "|" + "---|" * (header.count(" | ") + 1)]
@@ -174,18 +256,23 @@ def step_table(
             torch.manual_seed(0)
             x = torch.rand(batch, *shape, device=device) * 2 - 1
             models = {}
-            for k, (transform, derivative, compile_it) in specs.items():
-                models[k] = build(arch, shape, transform, objective, derivative).to(device)
+            for k, (variant, compile_it) in specs.items():
+                models[k] = build(arch, shape, variant, objective).to(device)
                 if compile_it:
                     models[k].compile()
             steps = {k: make_step(m, x, args.precision) for k, m in models.items()}
             first: dict[str, float] = {}
             seconds = time_alternately(steps, args.repeats, device, first)
-            memory = {k: step_memory(m, x, args.precision) / 2**20 for k, m in models.items()}
-            cells = [f"{seconds['DDPM']:.4f}"]
+            saved = {k: saved_bytes(m, x, args.precision) / 2**20 for k, m in models.items()}
+            peak = {
+                k: peak_memory(arch, shape, spec, objective, batch, args.precision, device)
+                for k, spec in specs.items()
+            }
+            cells = [f"{seconds['DDPM']:.4f}", f"{peak['DDPM']:.0f}"]
             for n in others:
                 cells += [f"{seconds[n]:.4f}", f"{seconds[n] / seconds['DDPM']:.2f}"]
-            cells += [f"{memory[n]:.1f}" for n in specs]
+                cells += [f"{peak[n]:.0f}", f"{peak[n] / peak['DDPM']:.2f}"]
+            cells += [f"{saved[n]:.1f}" for n in specs]
             cells += [f"{first[n]:.1f}" for n in compiled]
             lines.append(f"| {name} | {objective} | {batch} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
@@ -245,7 +332,7 @@ def derivative_table(args: argparse.Namespace, device: torch.device) -> list[str
         if args.only and arch not in args.only:
             continue
         torch.manual_seed(0)
-        transform = build(arch, shape, "learned", "continuous").process.transform.to(device)
+        transform = build(arch, shape, MODELS["NDM"], "continuous").process.transform.to(device)
         for p in transform.parameters():  # leave the zero initialisation: F != x
             if not p.any():
                 torch.nn.init.normal_(p, std=0.02)
@@ -282,7 +369,7 @@ def clipping_table(args: argparse.Namespace, device: torch.device) -> list[str]:
         if args.only and arch not in args.only:
             continue
         torch.manual_seed(0)
-        model = build(arch, shape, "learned", "discrete").to(device)
+        model = build(arch, shape, MODELS["NDM"], "discrete").to(device)
         x = torch.rand(batch, *shape, device=device) * 2 - 1
         calls = {
             "step": make_step(model, x, args.precision),  # leaves the gradients to clip
@@ -307,13 +394,21 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="+", default=["continuous", "discrete"])
     parser.add_argument("--only", nargs="*", help="architectures to keep (mlp, cpu8, ...)")
     parser.add_argument("--compile", action="store_true", help="also time each model compiled")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
+                        help="the models of the step table (DDPM always)")  # fmt: skip
     parser.add_argument("--skip", nargs="*", default=[], choices=[n for n in MODELS if n != "DDPM"],
                         help="NDM variants left out (e.g. where their memory does not fit)")  # fmt: skip
+    parser.add_argument("--peak-probe", help=argparse.SUPPRESS)  # one peak measurement, JSON
     parser.add_argument("--tables", nargs="+", choices=("steps", "derivatives", "clipping"),
                         default=["steps", "derivatives", "clipping"])  # fmt: skip
     parser.add_argument("--out", default=None, help="also write the tables here")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.peak_probe:
+        arch, shape, (variant, compiled), objective, batch, precision = json.loads(args.peak_probe)
+        spec = (Variant(*variant), compiled)
+        print(_peak_growth(arch, tuple(shape), spec, objective, batch, precision, device))
+        return
     header = (
         f"torch {torch.__version__}, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")

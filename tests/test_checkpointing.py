@@ -12,14 +12,14 @@ pytestmark = [
     pytest.mark.filterwarnings("error::UserWarning"),  # no fall back from jvp
 ]
 CASES = [
-    (objective, derivative, what)
+    (objective, derivative, what, "residual")
     for objective in ("discrete", "continuous")
     for derivative in ("jvp", "double_backward")
     for what in ("transform", "all")
-]
+] + [("continuous", "jvp", "transform", "interpolation")]
 
 
-def _model(architecture: str, objective: str, derivative: str, checkpointing: str):
+def _model(architecture: str, objective: str, derivative: str, checkpointing: str, form: str):
     data = DataConfig("digits") if architecture == "cpu8" else DataConfig()
     model = ModelConfig(
         architecture=architecture,
@@ -27,6 +27,7 @@ def _model(architecture: str, objective: str, derivative: str, checkpointing: st
         num_steps=10,
         transform_derivative=derivative,
         transform_init_scale=1.0,  # F moves, so its gradient is not trivially zero
+        transform_form=form,
         hidden=16,
         depth=2,
     )
@@ -51,12 +52,12 @@ def _gradients_and_saved_bytes(model, x) -> tuple[list[torch.Tensor], int]:
 
 
 @pytest.mark.parametrize("architecture", ["mlp", "cpu8"])
-@pytest.mark.parametrize(("objective", "derivative", "what"), CASES)
+@pytest.mark.parametrize(("objective", "derivative", "what", "form"), CASES)
 def test_checkpointing_keeps_the_gradients_and_saves_less(
-    architecture, objective, derivative, what
+    architecture, objective, derivative, what, form
 ):
-    plain, shape = _model(architecture, objective, derivative, "none")
-    checked, _ = _model(architecture, objective, derivative, what)
+    plain, shape = _model(architecture, objective, derivative, "none", form)
+    checked, _ = _model(architecture, objective, derivative, what, form)
     x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     x = 2 * x - 1
     want, plain_bytes = _gradients_and_saved_bytes(plain, x)

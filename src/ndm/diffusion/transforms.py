@@ -65,7 +65,7 @@ class Transform(nn.Module):
                 return self._value_and_derivative_by_double_backward(x, t, recording)
             try:
                 if recording and getattr(getattr(self, "net", None), "checkpointing", False):
-                    return whole_call(self._value_and_derivative_by_jvp, x, t)
+                    return self._checkpointed_value_and_derivative(x, t)
                 return self._value_and_derivative_by_jvp(x, t)
             except (RuntimeError, NotImplementedError) as error:
                 reason = str(error).strip().split("\n")[0][:160]
@@ -80,6 +80,11 @@ class Transform(nn.Module):
     def _value_and_derivative_by_jvp(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(F, J 1)`` from one forward-mode Jacobian-vector product in ``t``, tangent 1."""
         return torch.func.jvp(lambda time: self.value(x, time), (t,), (torch.ones_like(t),))
+
+    def _checkpointed_value_and_derivative(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`_value_and_derivative_by_jvp` with checkpointing: the whole call as one
+        piece (:func:`~ndm.nets.checkpointing.whole_call`)."""
+        return whole_call(self._value_and_derivative_by_jvp, x, t)
 
     def values(self, x: Tensor, times: Sequence[Tensor]) -> list[Tensor]:
         """``[F(x, t_k) for t_k in times]`` (each ``t_k [B]``, each value ``[B, ...]``) in one
@@ -184,6 +189,18 @@ class LearnedTransform(Transform):
         t_ = per_example(t, x)
         kept = x if self.form == "residual" else (1 - t_) * x
         return kept + t_ * self.net(x, t)
+
+    def _checkpointed_value_and_derivative(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """With a network that carries ``d NN / dt`` block by block
+        (``value_and_time_derivative``, each block checkpointed): ``dF/dt = NN + t dNN/dt``
+        (``- x`` in the interpolation form); else the whole call checkpointed."""
+        if not hasattr(self.net, "value_and_time_derivative"):
+            return super()._checkpointed_value_and_derivative(x, t)
+        out, out_dot = self.net.value_and_time_derivative(x, t)
+        t_ = per_example(t, x)
+        if self.form == "residual":
+            return x + t_ * out, out + t_ * out_dot
+        return (1 - t_) * x + t_ * out, out + t_ * out_dot - x
 
 
 def legendre_basis(t: Tensor, size: int) -> tuple[Tensor, Tensor]:

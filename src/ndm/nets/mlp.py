@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ndm.nets.checkpointing import block
+from ndm.nets.checkpointing import Dual, block, constant, tangent_call
 
 
 def sinusoidal_embedding(
@@ -88,9 +90,27 @@ class TimeMLP(nn.Module):
         """``x`` [B, dim], ``t`` [B] or scalar -> [B, out_dim]."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        t = t.to(x.dtype)
-        temb = self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim, self.time_scale))
-        h = self.inp(x)
+        return self._layers(x, self._embed(t.to(x.dtype)), self._call)
+
+    def value_and_time_derivative(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(net(x, t), d net(x, t) / dt)``, each [B, out_dim], with the derivative carried
+        forward block by block and each block's product checkpointed
+        (:func:`~ndm.nets.checkpointing.tangent_call`)."""
+        ones = torch.ones_like(t)
+        temb = Dual(*torch.func.jvp(lambda time: self._embed(time.to(x.dtype)), (t,), (ones,)))
+        out = self._layers(constant(x), temb, tangent_call)
+        return out.primal, out.tangent
+
+    def _embed(self, t: Tensor) -> Tensor:
+        return self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim, self.time_scale))
+
+    def _call(self, fn: Callable[..., Tensor], *inputs: Tensor, blockwise: bool = False) -> Tensor:
+        return block(self, fn, *inputs) if blockwise else fn(*inputs)
+
+    def _layers(self, x: Any, temb: Any, call: Callable[..., Any]) -> Any:
+        """The network on ``x`` and the time embedding ``temb``: tensors with ``call`` a
+        (checkpointed) call, or their :class:`Dual` versions with ``tangent_call``."""
+        h = call(self.inp, x)
         for residual in self.blocks:
-            h = block(self, residual, h, temb)
-        return self.out(h)
+            h = call(residual, h, temb, blockwise=True)
+        return call(self.out, h)

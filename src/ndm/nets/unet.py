@@ -10,12 +10,15 @@ has a forward-mode derivative, so ``torch.func.jvp`` in ``t`` works through the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ndm.nets.checkpointing import block
+from ndm.nets.checkpointing import Dual, block, constant, dual_cat, tangent_call
 from ndm.nets.mlp import sinusoidal_embedding
 
 
@@ -226,25 +229,44 @@ class UNet(nn.Module):
         """``x`` [B, C, H, W], ``t`` [B] or scalar -> [B, C_out, H, W]."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        temb = self.time_mlp(sinusoidal_embedding(t.to(x.dtype), self.channels, self.time_scale))
-        h = self.inp(x)
+        return self._layers(x, self._embed(t.to(x.dtype)), self._call, torch.cat)
+
+    def value_and_time_derivative(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(net(x, t), d net(x, t) / dt)``, each [B, C_out, H, W], with the derivative
+        carried forward block by block and each block's product checkpointed
+        (:func:`~ndm.nets.checkpointing.tangent_call`)."""
+        ones = torch.ones_like(t)
+        temb = Dual(*torch.func.jvp(lambda time: self._embed(time.to(x.dtype)), (t,), (ones,)))
+        out = self._layers(constant(x), temb, tangent_call, dual_cat)
+        return out.primal, out.tangent
+
+    def _embed(self, t: Tensor) -> Tensor:
+        return self.time_mlp(sinusoidal_embedding(t, self.channels, self.time_scale))
+
+    def _call(self, fn: Callable[..., Tensor], *inputs: Tensor, blockwise: bool = False) -> Tensor:
+        return block(self, fn, *inputs) if blockwise else fn(*inputs)
+
+    def _layers(self, x: Any, temb: Any, call: Callable[..., Any], cat: Callable[..., Any]) -> Any:
+        """The network on ``x`` and the time embedding ``temb``: tensors with ``call`` a
+        (checkpointed) call and ``cat`` ``torch.cat``, or their :class:`Dual` versions."""
+        h = call(self.inp, x)
         hs = [h]
         for level in self.down:
             for stage in level["blocks"]:
-                h = block(self, stage, h, temb)
+                h = call(stage, h, temb, blockwise=True)
                 hs.append(h)
             if "down" in level:
-                h = level["down"](h)
+                h = call(level["down"], h)
                 hs.append(h)
-        h = block(self, self.middle[0], h, temb)
-        h = block(self, self.middle[1], h)
-        h = block(self, self.middle[2], h, temb)
+        h = call(self.middle[0], h, temb, blockwise=True)
+        h = call(self.middle[1], h, blockwise=True)
+        h = call(self.middle[2], h, temb, blockwise=True)
         for level in self.up:
             for stage in level["blocks"]:
-                h = block(self, stage, torch.cat([h, hs.pop()], dim=1), temb)
+                h = call(stage, cat([h, hs.pop()], dim=1), temb, blockwise=True)
             if "up" in level:
-                h = level["up"](h, hs[-1].shape[-2:])
-        return self.out(h)
+                h = call(partial(level["up"], size=hs[-1].shape[-2:]), h)
+        return call(self.out, h)
 
 
 def build_unet(
