@@ -39,8 +39,7 @@ from torch import Tensor
 from benchmarks.harness import report
 from ndm.diffusion.transforms import LearnedTransform
 from ndm.models.ndm import NDM
-from ndm.nets.checkpointing import set_checkpointing
-from ndm.runs.builders import build_model
+from ndm.runs.builders import apply_checkpointing, build_model
 from ndm.runs.config import ModelConfig
 from ndm.runs.optim import clip_gradients
 
@@ -196,6 +195,7 @@ MODELS = {
     "NDM, double backward": Variant("learned", "double_backward"),
     "NDM, checkpointed": Variant("learned", checkpointing="all"),
     "NDM, double backward, checkpointed": Variant("learned", "double_backward", "all"),
+    "NDM, checkpointed with calls": Variant("learned", checkpointing="all_calls"),
     "NDM, F at 1/2 width": Variant("learned", width=0.5),
     "NDM, F at 1/4 width": Variant("learned", width=0.25),
     "NDM, separable": Variant("separable"),
@@ -212,9 +212,7 @@ def build(arch: str, shape: tuple[int, ...], variant: Variant, objective: str) -
         reverse_variance="posterior",  # one output per network, as in the committed tables
     )
     model = build_model(cfg, shape)
-    checkpointed = {"none": None, "transform": model.process.transform, "all": model}
-    if checkpointed[variant.checkpointing] is not None:
-        set_checkpointing(checkpointed[variant.checkpointing], True)
+    apply_checkpointing(model, variant.checkpointing)
     return model
 
 
@@ -253,6 +251,10 @@ def step_table(
         if args.only and arch not in args.only:
             continue
         for objective in args.objectives:
+            peak = {  # first, each in a fresh process, before this one holds the models
+                k: peak_memory(arch, shape, spec, objective, batch, args.precision, device)
+                for k, spec in specs.items()
+            }
             torch.manual_seed(0)
             x = torch.rand(batch, *shape, device=device) * 2 - 1
             models = {}
@@ -264,10 +266,6 @@ def step_table(
             first: dict[str, float] = {}
             seconds = time_alternately(steps, args.repeats, device, first)
             saved = {k: saved_bytes(m, x, args.precision) / 2**20 for k, m in models.items()}
-            peak = {
-                k: peak_memory(arch, shape, spec, objective, batch, args.precision, device)
-                for k, spec in specs.items()
-            }
             cells = [f"{seconds['DDPM']:.4f}", f"{peak['DDPM']:.0f}"]
             for n in others:
                 cells += [f"{seconds[n]:.4f}", f"{seconds[n] / seconds['DDPM']:.2f}"]

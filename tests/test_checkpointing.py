@@ -15,7 +15,7 @@ CASES = [
     (objective, derivative, what, "residual")
     for objective in ("discrete", "continuous")
     for derivative in ("jvp", "double_backward")
-    for what in ("transform", "all")
+    for what in ("transform", "all", "all_calls")
 ] + [("continuous", "jvp", "transform", "interpolation")]
 
 

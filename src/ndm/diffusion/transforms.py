@@ -64,7 +64,10 @@ class Transform(nn.Module):
             if self._no_forward_mode or (recording and self.derivative == "double_backward"):
                 return self._value_and_derivative_by_double_backward(x, t, recording)
             try:
-                if recording and getattr(getattr(self, "net", None), "checkpointing", False):
+                if (
+                    recording
+                    and getattr(getattr(self, "net", None), "checkpointing", "none") != "none"
+                ):
                     return self._checkpointed_value_and_derivative(x, t)
                 return self._value_and_derivative_by_jvp(x, t)
             except (RuntimeError, NotImplementedError) as error:

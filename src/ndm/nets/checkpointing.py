@@ -22,16 +22,36 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-#: What a run checkpoints: nothing, the transform's network, or every network.
-CHECKPOINTING = ("none", "transform", "all")
+#: What a run checkpoints: nothing; the blocks of the transform's network; the blocks of
+#: every network; or every network's blocks and each whole call (least memory, most time).
+CHECKPOINTING = ("none", "transform", "all", "all_calls")
+#: How a network checkpoints (its ``checkpointing`` attribute): not at all, each block, or
+#: each block and each whole call of the network.
+LEVELS = ("none", "blocks", "calls")
 
 _blocks_plain = 0  # depth of :func:`whole_call`s in progress, whose blocks run plainly
 
 
+def _checkpointed(network: nn.Module, level: str) -> bool:
+    """Whether ``network`` checkpoints at ``level`` (``"blocks"`` or ``"calls"``) now."""
+    wanted = getattr(network, "checkpointing", "none")
+    reaches = wanted == "calls" or (wanted == "blocks" and level == "blocks")
+    return reaches and torch.is_grad_enabled() and not _blocks_plain
+
+
 def block(network: nn.Module, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
-    """``fn(*args)``, checkpointed when ``network.checkpointing`` is set, autograd records,
-    and no :func:`whole_call` is in progress."""
-    if getattr(network, "checkpointing", False) and torch.is_grad_enabled() and not _blocks_plain:
+    """A block ``fn(*args)`` of ``network``, checkpointed when the network checkpoints its
+    blocks, autograd records, and no :func:`whole_call` is in progress."""
+    if _checkpointed(network, "blocks"):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def network_call(network: nn.Module, fn: Callable[..., Any], *args: Tensor) -> Any:
+    """A whole call ``fn(*args)`` of ``network``, checkpointed when it checkpoints its calls:
+    only the inputs are kept; the backward pass recomputes the call, keeping the blocks'
+    inputs, and then each block in turn (nested checkpoints: one more forward pass)."""
+    if _checkpointed(network, "calls"):
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 
@@ -59,11 +79,14 @@ def whole_call(fn: Callable[..., Any], *args: Tensor) -> Any:
     return checkpoint(plain, *args, use_reentrant=False)
 
 
-def set_checkpointing(module: nn.Module, enabled: bool) -> None:
-    """Set ``checkpointing`` on every network inside ``module`` that has the attribute."""
+def set_checkpointing(module: nn.Module, level: str) -> None:
+    """Set ``checkpointing`` to ``level`` (one of :data:`LEVELS`) on every network inside
+    ``module`` that has the attribute."""
+    if level not in LEVELS:
+        raise ValueError(f"unknown checkpointing level {level!r}; choose one of {LEVELS}")
     for part in module.modules():
         if hasattr(part, "checkpointing"):
-            part.checkpointing = enabled
+            part.checkpointing = level
 
 
 class Dual(NamedTuple):

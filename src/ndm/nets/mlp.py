@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ndm.nets.checkpointing import Dual, block, constant, tangent_call
+from ndm.nets.checkpointing import Dual, block, constant, network_call, tangent_call
 
 
 def sinusoidal_embedding(
@@ -75,7 +75,7 @@ class TimeMLP(nn.Module):
         self.dim = dim
         self.time_embed_dim = time_embed_dim
         self.time_scale = time_scale
-        self.checkpointing = False  # each block recomputed in the backward pass when set
+        self.checkpointing = "none"  # or "blocks", "calls": see ndm.nets.checkpointing
         self.time_mlp = nn.Sequential(
             nn.Linear(time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
         )
@@ -90,12 +90,18 @@ class TimeMLP(nn.Module):
         """``x`` [B, dim], ``t`` [B] or scalar -> [B, out_dim]."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        return network_call(self, self._value, x, t)
+
+    def _value(self, x: Tensor, t: Tensor) -> Tensor:
         return self._layers(x, self._embed(t.to(x.dtype)), self._call)
 
     def value_and_time_derivative(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(net(x, t), d net(x, t) / dt)``, each [B, out_dim], with the derivative carried
         forward block by block and each block's product checkpointed
         (:func:`~ndm.nets.checkpointing.tangent_call`)."""
+        return network_call(self, self._value_and_time_derivative, x, t)
+
+    def _value_and_time_derivative(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         ones = torch.ones_like(t)
         temb = Dual(*torch.func.jvp(lambda time: self._embed(time.to(x.dtype)), (t,), (ones,)))
         out = self._layers(constant(x), temb, tangent_call)

@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ndm.nets.checkpointing import Dual, block, constant, dual_cat, tangent_call
+from ndm.nets.checkpointing import (
+    Dual,
+    block,
+    constant,
+    dual_cat,
+    network_call,
+    tangent_call,
+)
 from ndm.nets.mlp import sinusoidal_embedding
 
 
@@ -172,7 +179,7 @@ class UNet(nn.Module):
         ch, groups = cfg.channels, cfg.groups
         temb = 4 * ch
         self.channels, self.time_scale = ch, time_scale
-        self.checkpointing = False  # each block recomputed in the backward pass when set
+        self.checkpointing = "none"  # or "blocks", "calls": see ndm.nets.checkpointing
         self.time_mlp = nn.Sequential(nn.Linear(ch, temb), nn.SiLU(), nn.Linear(temb, temb))
         self.inp = nn.Conv2d(in_channels, ch, 3, padding=1)
 
@@ -229,12 +236,18 @@ class UNet(nn.Module):
         """``x`` [B, C, H, W], ``t`` [B] or scalar -> [B, C_out, H, W]."""
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        return network_call(self, self._value, x, t)
+
+    def _value(self, x: Tensor, t: Tensor) -> Tensor:
         return self._layers(x, self._embed(t.to(x.dtype)), self._call, torch.cat)
 
     def value_and_time_derivative(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(net(x, t), d net(x, t) / dt)``, each [B, C_out, H, W], with the derivative
         carried forward block by block and each block's product checkpointed
         (:func:`~ndm.nets.checkpointing.tangent_call`)."""
+        return network_call(self, self._value_and_time_derivative, x, t)
+
+    def _value_and_time_derivative(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         ones = torch.ones_like(t)
         temb = Dual(*torch.func.jvp(lambda time: self._embed(time.to(x.dtype)), (t,), (ones,)))
         out = self._layers(constant(x), temb, tangent_call, dual_cat)

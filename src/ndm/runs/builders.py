@@ -6,14 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ndm.models.autoencoder import Autoencoder
 from ndm.diffusion.blur import BlurTransform
-from ndm.runs.config import LatentConfig, ModelConfig, RunConfig
-from ndm.models.latent import LatentNDM
-from ndm.models.ndm import NDM
-from ndm.nets.checkpointing import set_checkpointing
-from ndm.nets.mlp import TimeMLP
-from ndm.nets.unet import build_unet
 from ndm.diffusion.predictors import Predictor
 from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.schedules import make_schedule
@@ -23,6 +16,13 @@ from ndm.diffusion.transforms import (
     SeparableTransform,
     Transform,
 )
+from ndm.models.autoencoder import Autoencoder
+from ndm.models.latent import LatentNDM
+from ndm.models.ndm import NDM
+from ndm.nets.checkpointing import set_checkpointing
+from ndm.nets.mlp import TimeMLP
+from ndm.nets.unet import build_unet
+from ndm.runs.config import LatentConfig, ModelConfig, RunConfig
 
 # 4: the 4x4 latents of 8x8 images.
 CPU_UNET_BY_SIDE = {4: "cpu8", 8: "cpu8", 16: "cpu16", 28: "cpu28"}
@@ -172,7 +172,14 @@ def build_run_model(
         ndm = model.ndm
     else:
         model = ndm = build_model(cfg.model, shape, num_levels)
-    checkpointed = {"none": None, "transform": ndm.process.transform, "all": ndm}
-    if checkpointed[cfg.train.checkpointing] is not None:
-        set_checkpointing(checkpointed[cfg.train.checkpointing], True)
+    apply_checkpointing(ndm, cfg.train.checkpointing)
     return model
+
+
+def apply_checkpointing(model: NDM, what: str) -> None:
+    """Make ``model``'s networks checkpoint as ``what`` (one of
+    :data:`~ndm.nets.checkpointing.CHECKPOINTING`) asks."""
+    if what == "transform":
+        set_checkpointing(model.process.transform, "blocks")
+    elif what != "none":
+        set_checkpointing(model, "calls" if what == "all_calls" else "blocks")

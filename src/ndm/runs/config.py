@@ -21,16 +21,16 @@ from typing import Any, get_type_hints
 import torch
 
 from ndm.data.loading import ALL_DATASETS, is_image_dataset
-from ndm.models.latent import LATENT_MODES
-from ndm.losses.likelihood import DIVERGENCES
-from ndm.models.ndm import OBJECTIVES
-from ndm.nets.checkpointing import CHECKPOINTING
-from ndm.nets.unet import UNET_PRESETS
 from ndm.diffusion.predictors import PARAMETERISATIONS
-from ndm.sampling.samplers import SAMPLERS
 from ndm.diffusion.schedules import LEARNABLE_ENDPOINTS, SCHEDULES
 from ndm.diffusion.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS
 from ndm.diffusion.transforms import DERIVATIVES, TRANSFORM_FORMS
+from ndm.losses.likelihood import DIVERGENCES
+from ndm.models.latent import LATENT_MODES
+from ndm.models.ndm import OBJECTIVES
+from ndm.nets.checkpointing import CHECKPOINTING
+from ndm.nets.unet import UNET_PRESETS
+from ndm.sampling.samplers import SAMPLERS
 
 TRANSFORMS = ("learned", "separable", "identity", "blur")
 REVERSE_VARIANCES = ("auto", "learned", "posterior")
@@ -349,9 +349,9 @@ class TrainConfig(_Section):
     )
     checkpointing: str = _option(
         "none",
-        "activation checkpointing, memory for time: none, transform (F's network) or all "
-        "(every network); the gradients stay the same. A jvp dF/dt is checkpointed per call "
-        "of F, a double_backward one per block",
+        "activation checkpointing, memory for time, with the same gradients: none; the blocks "
+        "of F's network (transform) or of every network (all); or, least memory and most "
+        "time, every network's blocks and each whole call (all_calls)",
         CHECKPOINTING,
     )
     seed: int = _option(0, "seed of initialisation, minibatches and noise", check=NON_NEGATIVE)

@@ -15,12 +15,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from ndm.models.latent import LatentNDM
+from ndm.models.ndm import NDM
 from ndm.runs.builders import build_run_model
 from ndm.runs.checkpoint import atomic_write, save_json
 from ndm.runs.config import RunConfig, config_from_record, config_to_dict
 from ndm.runs.distributed import resolve_device
-from ndm.models.latent import LatentNDM
-from ndm.models.ndm import NDM
 from ndm.runs.folder import read_run
 
 WEIGHTS = "model.safetensors"
