@@ -2,12 +2,16 @@
 
 Each row is pass or fail with its figure:
 
-* a training step of the ``cifar10`` preset (batch 128) for DDPM, NDM with each derivative
-  and the separable transform, discrete and continuous, fp32 and bf16: the per-example loss
-  on the device against the CPU on a small batch with the same weights, times and noise, and
-  the step's loss and gradient finite;
-* the NDM/DDPM step-time ratio of that preset (the paper: 2.3 on a V100; the aim: at most
-  2.0), timed alternately, with the full table of :mod:`step_time` (compiled columns too);
+* a training step of the ``cifar10`` preset (global batch 128) for DDPM, NDM with each
+  derivative, checkpointing and width of F, and the separable transform, discrete and
+  continuous, fp32 and bf16: the per-example loss on the device against the CPU on a small
+  batch with the same weights, times and noise, and the step's loss and gradient finite.
+  Each model accumulates its step over the micro-batches that fit the device by the
+  committed memory table (:mod:`benchmarks.gpu_memory`); running out of memory fails its
+  row, and the check goes on;
+* the NDM/DDPM step-time ratio of that preset at the same global batch (the paper: 2.3 on
+  a V100; the aim: at most 2.0), timed alternately, with the full table of :mod:`step_time`
+  (compiled columns too) and the micro-batches each model used;
 * ``torchrun --nproc_per_node=1`` (NCCL on CUDA) against one plain process, same global batch;
 * DDIM (10 steps), the ODE sampler and the ODE NLL on the device against the CPU, same
   weights and starting noise;
@@ -39,13 +43,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.gpu_memory import fitting_micro_batch, read_table
 from benchmarks.harness import report
 from benchmarks.step_time import MODELS, build, make_step, step_table
 from ndm.losses.likelihood import ode_nll
 from ndm.losses.objectives import continuous_diffusion_integrand, discrete_diffusion_term
 from ndm.runs.builders import build_model
 from ndm.runs.checkpoint import load_checkpoint
-from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from ndm.runs.config import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    read_config_file,
+)
 from ndm.runs.folder import METRICS, read_metrics
 from ndm.runs.training import train
 from ndm.sampling.samplers import get_sampler, time_grid
@@ -53,6 +65,7 @@ from ndm.sampling.samplers import get_sampler, time_grid
 # tolerance of device against CPU (relative to the CPU value's scale), by precision
 TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2}
 TARGET_RATIO = 2.0
+MEMORY_TABLE = Path(__file__).parent / "results" / "gpu_memory.md"
 
 
 class Checks:
@@ -69,6 +82,8 @@ class Checks:
             passed, figure = check()
         except Exception as error:  # a failed check is a row of the table, not the end
             passed, figure = False, f"{type(error).__name__}: {str(error).splitlines()[0][:150]}"
+            if torch.cuda.is_available():  # after running out of memory, the next row starts clean
+                torch.cuda.empty_cache()
         verdict = "-" if passed is None else "pass" if passed else "FAIL"
         self.rows.append((name, verdict, figure))
         print(f"{name}: {self.rows[-1][1]} ({figure}; {time.perf_counter() - began:.1f} s)")
@@ -83,12 +98,33 @@ def _relative_gap(device_value: torch.Tensor, cpu_value: torch.Tensor) -> float:
     return float((device_value.float().cpu() - cpu_value).abs().max()) / scale
 
 
+def micro_batches(
+    arch: str, model_name: str, objective: str, batch: int, device: torch.device
+) -> int:
+    """The micro-batches per step of ``batch`` that fit ``device`` by the committed memory
+    table (1 where it has no row of ``arch``). A model the table leaves out takes the row of
+    discrete NDM for a discrete one (no dF/dt), else of NDM itself (the most memory)."""
+    table = read_table(MEMORY_TABLE) if MEMORY_TABLE.exists() else {}
+    key = (arch, model_name, objective)
+    if key not in table:
+        key = (arch, "NDM", objective)
+    if key not in table:
+        return 1
+    memory = torch.cuda.get_device_properties(device).total_memory / 2**30
+    row = table[key]
+    fit = fitting_micro_batch(row["state MB"], row["per example MB"], row["rest MB"], memory)
+    if fit is None:
+        raise MemoryError(f"{model_name}, {objective}: one example does not fit {memory:.0f} GiB")
+    return next(k for k in range(1, batch + 1) if batch % k == 0 and batch // k <= fit[0])
+
+
 def step_agreement(
     arch: str, shape: tuple[int, ...], model_name: str, objective: str, precision: str,
     batch: int, device: torch.device,
 ) -> Callable[[], tuple[bool, str]]:  # fmt: skip
     """The per-example loss term on ``device`` against the CPU (same weights, times and
-    noise), then one optimiser step on ``device`` with a finite loss and gradient."""
+    noise), then one optimiser step of ``batch`` on ``device``, over the micro-batches that
+    fit it (:func:`micro_batches`), with a finite loss and gradient."""
 
     def check() -> tuple[bool, str]:
         torch.manual_seed(0)
@@ -115,32 +151,51 @@ def step_agreement(
             got = term(on_device, x.to(device), t.to(device), noise.to(device)).detach()
         gap = _relative_gap(got, expected)
         big = torch.rand(batch, *shape, generator=generator).to(device) * 2 - 1
-        make_step(on_device, big, precision)()
+        parts = (
+            micro_batches(arch, model_name, objective, batch, device)
+            if device.type == "cuda"
+            else 1
+        )
+        make_step(on_device, big, precision, parts)()
         finite = all(torch.isfinite(p).all() for p in on_device.parameters())
-        return gap <= TOLERANCE[precision] and finite, f"relative gap {gap:.1e}, finite {finite}"
+        figure = (
+            f"relative gap {gap:.1e}, finite {finite}, {parts} micro-batches of {batch // parts}"
+        )
+        return gap <= TOLERANCE[precision] and finite, figure
 
     return check
 
 
 def speed(args: Namespace, device: torch.device, case: tuple, lines: list[str]) -> Callable:
-    """The step table of :mod:`step_time` for ``case``; on CUDA it passes when NDM/DDPM
-    <= 2.0 (on a CPU the figure has no verdict)."""
+    """The step table of :mod:`step_time` for ``case``, each model over the micro-batches
+    that fit the device (:func:`micro_batches`); on CUDA it passes when NDM/DDPM <= 2.0 at
+    the same global batch (on a CPU the figure has no verdict)."""
 
     def check() -> tuple[bool, str]:
+        _, arch, _, batch = case
+        parts = {
+            n: micro_batches(arch, n, "discrete", batch, device) if device.type == "cuda" else 1
+            for n in MODELS
+        }
         options = Namespace(objectives=["discrete"], repeats=args.repeats, precision="fp32",
                             compile=device.type == "cuda", models=list(MODELS), skip=[],
-                            only=None)  # fmt: skip
+                            only=None, micro_batches=parts)  # fmt: skip
         table = step_table(options, device, [case])
         lines.extend(table)
         column = table[0].split(" | ").index("NDM / DDPM")
         ratio = float(table[-1].split(" | ")[column])
         passed = ratio <= TARGET_RATIO if device.type == "cuda" else None
-        return passed, f"NDM / DDPM step time {ratio:.2f} (paper 2.3, V100)"
+        return passed, (
+            f"NDM / DDPM step time {ratio:.2f} at global batch {batch} (paper 2.3, V100), "
+            f"micro-batches DDPM {parts['DDPM']}, NDM {parts['NDM']}"
+        )
 
     return check
 
 
-def _run_config(arch: str, dataset: DataConfig, steps: int, batch: int, device: str) -> RunConfig:
+def _run_config(
+    arch: str, dataset: DataConfig, steps: int, batch: int, device: str, budget: str = "none"
+) -> RunConfig:
     return RunConfig(
         dataset,
         ModelConfig(architecture=arch, objective="discrete", num_steps=100),
@@ -152,6 +207,7 @@ def _run_config(arch: str, dataset: DataConfig, steps: int, batch: int, device: 
             log_every=1,
             device=device,
             loggers="none",
+            memory_budget=budget,
         ),  # fmt: skip
         EvalConfig(n_eval=2),
     )
@@ -245,11 +301,15 @@ def imagenet_at_scale(folder: Path, device: str, side: int, arch: str, batch: in
         data = DataConfig(
             f"imagenet{side}", path=str(folder / "imagenet"), cache=str(folder / "cache")
         )
+        budget = "auto" if device.startswith("cuda") else "none"  # micro-batches that fit
         began = time.perf_counter()
-        train(_run_config(arch, data, 3, batch, device), folder / "imagenet-run")
+        cfg = _run_config(arch, data, 3, batch, device, budget)
+        train(cfg, folder / "imagenet-run")
+        seconds = time.perf_counter() - began
         line = read_metrics(folder / "imagenet-run" / METRICS)[-1]
         finite = all(math.isfinite(v) for v in line.values() if isinstance(v, float))
-        return finite, f"3 steps of batch {batch} in {time.perf_counter() - began:.1f} s"
+        parts = read_config_file(folder / "imagenet-run" / "config.json").train.grad_accum
+        return finite, f"3 steps of batch {batch} ({parts} micro-batches) in {seconds:.1f} s"
 
     return check
 

@@ -69,7 +69,9 @@ def saved_tensor_bytes(total: list[int]):
         yield
 
 
-def make_step(model: NDM, x: Tensor, precision: str) -> Callable[[], None]:
+def make_step(model: NDM, x: Tensor, precision: str, micro_batches: int = 1) -> Callable[[], None]:
+    """One optimiser step on ``x``, its gradient accumulated over ``micro_batches`` equal
+    parts (each loss divided by their number, as in training)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     autocast = (
         torch.autocast(x.device.type, dtype=torch.bfloat16)
@@ -79,9 +81,10 @@ def make_step(model: NDM, x: Tensor, precision: str) -> Callable[[], None]:
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            loss = model(x)["loss"].mean()
-        loss.backward()
+        for part in x.chunk(micro_batches):
+            with autocast:
+                loss = model(part)["loss"].mean() / micro_batches
+            loss.backward()
         optimizer.step()
 
     return step
@@ -99,7 +102,7 @@ def saved_bytes(model: NDM, x: Tensor, precision: str) -> int:
 
 def _peak_growth(
     arch: str, shape: tuple[int, ...], spec: tuple, objective: str, batch: int, precision: str,
-    device: torch.device,
+    device: torch.device, micro_batches: int = 1,
 ) -> float:  # fmt: skip
     """MB by which one step at ``batch`` raises this process's peak memory over what it
     holds before the step, after a warm-up step at batch 1 (weights, gradients and Adam's
@@ -112,7 +115,7 @@ def _peak_growth(
         model.compile()
     make_step(model, torch.rand(1, *shape, device=device) * 2 - 1, precision)()
     x = torch.rand(batch, *shape, device=device) * 2 - 1
-    step = make_step(model, x, precision)
+    step = make_step(model, x, precision, micro_batches)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
@@ -136,14 +139,16 @@ def _status_kib(field: str) -> int:
 
 def peak_memory(
     arch: str, shape: tuple[int, ...], spec: tuple, objective: str, batch: int, precision: str,
-    device: torch.device,
+    device: torch.device, micro_batches: int = 1,
 ) -> float:  # fmt: skip
     """:func:`_peak_growth` of one step, measured in a fresh process on a CPU (where the
     resident set's peak is the process's, so each model needs its own), in this one on a
     GPU."""
     if device.type == "cuda":
-        return _peak_growth(arch, shape, spec, objective, batch, precision, device)
-    probe = json.dumps([arch, list(shape), [list(spec[0]), spec[1]], objective, batch, precision])
+        return _peak_growth(arch, shape, spec, objective, batch, precision, device, micro_batches)
+    probe = json.dumps(
+        [arch, list(shape), [list(spec[0]), spec[1]], objective, batch, precision, micro_batches]
+    )
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.step_time", "--peak-probe", probe],
         capture_output=True, text=True, check=False,
@@ -237,14 +242,20 @@ def step_table(
 ) -> list[str]:
     """The step-time table of ``cases`` ``(name, architecture, example shape, batch)``: each
     model's seconds per step and ratio to DDPM's; its peak memory (:func:`peak_memory`) and
-    its ratio to DDPM's; and the bytes it saves for the backward pass."""
+    its ratio to DDPM's; and the bytes it saves for the backward pass (of one micro-batch). A model named in
+    ``args.micro_batches`` (if any) accumulates its step over that many micro-batches, and
+    the table then gives them in its last column."""
     specs = variants(args)
+    micro = {
+        n: getattr(args, "micro_batches", {}).get(n.removesuffix(", compiled"), 1) for n in specs
+    }
     others = [name for name in specs if name != "DDPM"]
     compiled = [name for name, spec in specs.items() if spec[1]]
     columns = ["DDPM s/step", "DDPM peak MB"]
     columns += [f"{n} s/step | {n} / DDPM | {n} peak MB | {n} peak / DDPM" for n in others]
     columns += [f"{n} saved MB" for n in specs]
     columns += [f"{n} compile + first step s" for n in compiled]
+    columns += ["micro-batches"] if max(micro.values()) > 1 else []
     header = "| network | objective | batch | " + " | ".join(columns) + " |"
     lines = [header, "|" + "---|" * (header.count(" | ") + 1)]
     for name, arch, shape, batch in cases:
@@ -252,7 +263,9 @@ def step_table(
             continue
         for objective in args.objectives:
             peak = {  # first, each in a fresh process, before this one holds the models
-                k: peak_memory(arch, shape, spec, objective, batch, args.precision, device)
+                k: peak_memory(
+                    arch, shape, spec, objective, batch, args.precision, device, micro[k]
+                )
                 for k, spec in specs.items()
             }
             torch.manual_seed(0)
@@ -262,16 +275,21 @@ def step_table(
                 models[k] = build(arch, shape, variant, objective).to(device)
                 if compile_it:
                     models[k].compile()
-            steps = {k: make_step(m, x, args.precision) for k, m in models.items()}
+            steps = {k: make_step(m, x, args.precision, micro[k]) for k, m in models.items()}
             first: dict[str, float] = {}
             seconds = time_alternately(steps, args.repeats, device, first)
-            saved = {k: saved_bytes(m, x, args.precision) / 2**20 for k, m in models.items()}
+            saved = {  # of one micro-batch
+                k: saved_bytes(m, x[: batch // micro[k]], args.precision) / 2**20
+                for k, m in models.items()
+            }
             cells = [f"{seconds['DDPM']:.4f}", f"{peak['DDPM']:.0f}"]
             for n in others:
                 cells += [f"{seconds[n]:.4f}", f"{seconds[n] / seconds['DDPM']:.2f}"]
                 cells += [f"{peak[n]:.0f}", f"{peak[n] / peak['DDPM']:.2f}"]
             cells += [f"{saved[n]:.1f}" for n in specs]
             cells += [f"{first[n]:.1f}" for n in compiled]
+            if max(micro.values()) > 1:
+                cells.append(", ".join(f"{n} {micro[n]}" for n in specs))
             lines.append(f"| {name} | {objective} | {batch} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     return lines
@@ -403,9 +421,11 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.peak_probe:
-        arch, shape, (variant, compiled), objective, batch, precision = json.loads(args.peak_probe)
+        arch, shape, (variant, compiled), objective, batch, precision, micro = json.loads(
+            args.peak_probe
+        )
         spec = (Variant(*variant), compiled)
-        print(_peak_growth(arch, tuple(shape), spec, objective, batch, precision, device))
+        print(_peak_growth(arch, tuple(shape), spec, objective, batch, precision, device, micro))
         return
     header = (
         f"torch {torch.__version__}, device {device}"

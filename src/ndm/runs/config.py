@@ -49,6 +49,8 @@ CLOSED_UNIT_INTERVAL: Check = ("in [0, 1]", lambda v: 0 <= v <= 1)
 CONFIG_VERSION = 2
 #: What the command line takes for an optional setting's ``None``.
 AUTO = "auto"
+#: ``memory_budget`` when ``grad_accum`` is given, not chosen.
+NO_BUDGET = "none"
 
 
 def _option(
@@ -312,6 +314,15 @@ class LatentConfig(_Section):
             )
 
 
+def _is_budget(text: str) -> bool:
+    if text in (NO_BUDGET, AUTO):
+        return True
+    try:
+        return 0 < float(text) < math.inf
+    except ValueError:
+        return False
+
+
 def _is_device(name: str) -> bool:
     if name == "auto":
         return True
@@ -329,6 +340,12 @@ class TrainConfig(_Section):
     steps: int = _option(2_000, "total optimisation steps", check=POSITIVE)
     batch_size: int = _option(512, "global minibatch size (all processes)", check=POSITIVE)
     grad_accum: int = _option(1, "micro-batches accumulated per step", check=POSITIVE)
+    memory_budget: str = _option(
+        NO_BUDGET,
+        "GiB a process may use, or auto (the CUDA device's free memory): grad_accum is then "
+        "chosen before the first step, the fewest micro-batches whose step fits, and recorded",
+        check=("none, auto or a positive number of GiB", _is_budget),
+    )
     lr: float = _option(2e-3, "AdamW learning rate", check=POSITIVE)
     weight_decay: float = _option(0.0, "AdamW weight decay", check=NON_NEGATIVE)
     transform_lr: float | None = _option(

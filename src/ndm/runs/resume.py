@@ -4,11 +4,18 @@ settings it was trained with, and its ``config.json`` must still record them."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ndm.runs.checkpoint import load_checkpoint
-from ndm.runs.config import RunConfig, config_from_record, config_to_dict, with_resolved_paths
+from ndm.runs.config import (
+    NO_BUDGET,
+    RunConfig,
+    config_from_record,
+    config_to_dict,
+    with_resolved_paths,
+)
 from ndm.runs.folder import CHECKPOINT, CONFIG, RUN_KEYS, saved_config
 
 RUN_SECTIONS = ("data", "model", "latent", "train")
@@ -81,22 +88,34 @@ def check_record(path: Path, state: dict[str, Any]) -> None:
         )
 
 
+def with_chosen_micro_batches(cfg: RunConfig, saved: RunConfig) -> RunConfig:
+    """``cfg`` with the ``grad_accum`` its memory budget chose when the run began
+    (:mod:`ndm.runs.memory`): a resume under the same budget keeps that split, on which
+    each micro-batch's noise depends."""
+    budget = cfg.train.memory_budget
+    if budget == NO_BUDGET or budget != saved.train.memory_budget or cfg.train.grad_accum != 1:
+        return cfg
+    return replace(cfg, train=replace(cfg.train, grad_accum=saved.train.grad_accum))
+
+
 def checkpoint_to_resume(
     run_dir: Path, cfg: RunConfig, shape: tuple[int, ...], resume: bool
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, RunConfig]:
     """The checkpoint of ``run_dir`` to continue (``resume``), checked against ``cfg`` and
-    the run's ``config.json``; ``None`` for a new run, which refuses a folder that already
-    holds a checkpoint."""
+    the run's ``config.json``, and ``cfg`` with the micro-batches its budget chose
+    (:func:`with_chosen_micro_batches`); ``None`` for a new run, which refuses a folder
+    that already holds a checkpoint."""
     path = run_dir / CHECKPOINT
     if not resume:
         if path.exists():
             raise FileExistsError(
                 f"{run_dir} already holds a checkpoint; resume it or choose another run folder"
             )
-        return None
+        return None, cfg
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
     state = load_checkpoint(path, RUN_KEYS)
+    cfg = with_chosen_micro_batches(cfg, saved_config(state))
     check_resumable(state, cfg, shape, path)
     check_record(run_dir / CONFIG, state)
-    return state
+    return state, cfg

@@ -51,6 +51,7 @@ from ndm.runs.folder import CHECKPOINT, DATA, append_metrics, keep_metrics_until
 from ndm.runs.guard import RunStopped, StopSignals, exclusive_run_folder, remove_stale_temporaries
 from ndm.runs.inputs import draw_micro_batches, micro_batch_size, training_splits
 from ndm.runs.loggers import RunLogger, check_loggers, finite_scalars, open_loggers
+from ndm.runs.memory import with_fitted_micro_batches
 from ndm.runs.optim import optimisation_step
 from ndm.runs.resume import checkpoint_to_resume
 from ndm.runs.state import TrainState
@@ -83,10 +84,12 @@ def train(
     cfg, splits = training_splits(cfg, run_dir, resume, train_data, test_data)
     place = init_distributed(cfg.train.device)
     micro_batch_size(cfg, place)
-    saved = checkpoint_to_resume(run_dir, cfg, splits.shape, resume)
+    saved, cfg = checkpoint_to_resume(run_dir, cfg, splits.shape, resume)
     state = TrainState.create(cfg, splits.shape, splits.num_levels, place.device)
     if saved is not None:
         _restore(state, saved, run_dir / CHECKPOINT)
+    else:
+        cfg = with_fitted_micro_batches(cfg, state.model, state.ema, splits, place)
     keep_points = train_data is not None and saved is None
     with contextlib.ExitStack() as guard:
         loggers = _open_run_folder(guard, run_dir, cfg, splits, state.step, place, keep_points)
