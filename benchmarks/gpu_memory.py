@@ -14,7 +14,8 @@ allocator and cuDNN workspaces add to them, which the headroom is for.
 
 :func:`read_table` reads the committed table back for :mod:`benchmarks.gpu_check`. Usage::
 
-    python -m benchmarks.gpu_memory --out benchmarks/results/gpu_memory.md
+    python -m benchmarks.gpu_memory --out benchmarks/results/gpu_memory.md \
+        --summary benchmarks/results/gpu_memory_summary.md
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ ROWS = [
     ("NDM, separable", "continuous"),
 ]
 GLOBAL_BATCH = 128  # the paper's
+CPU = torch.device("cpu")
 DEVICE_GIB = 80
 PROBE_BATCHES = (2, 4)
 HEADER = [
@@ -77,11 +79,11 @@ def measure(preset: str, name: str, objective: str, ddpm: dict) -> list[object]:
     shape = PRESETS[preset]
     variant = MODELS[name]
     small, large = (
-        peak_memory(preset, shape, (variant, False), objective, b, "fp32", torch.device("cpu"))
+        peak_memory(preset, shape, (variant, False), objective, b, "fp32", CPU, update=False)
         for b in PROBE_BATCHES
     )
     per_example = (large - small) / (PROBE_BATCHES[1] - PROBE_BATCHES[0])
-    rest = small - PROBE_BATCHES[0] * per_example
+    rest = max(small - PROBE_BATCHES[0] * per_example, 0.0)  # noise can make it negative
     model = build(preset, shape, variant, objective)
     state = 5 * sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     if name == "DDPM":
@@ -96,26 +98,47 @@ def measure(preset: str, name: str, objective: str, ddpm: dict) -> list[object]:
 
 def read_table(path: Path) -> dict[tuple[str, str, str], dict[str, float]]:
     """The committed table: ``(preset, model, objective)`` to its ``per example MB``,
-    ``rest MB`` (peak growth at 2 less 2 examples) and ``state MB``."""
+    ``rest MB`` (peak growth at 2 less 2 examples, at least 0), ``state MB`` and its
+    other cells by column name."""
     rows = {}
     for line in Path(path).read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != len(HEADER) or cells[0] not in PRESETS:
             continue
         each = float(cells[5])
-        rows[(cells[0], cells[1], cells[2])] = {
+        rows[(cells[0], cells[1], cells[2])] = dict(zip(HEADER, cells, strict=True)) | {
             "per example MB": each,
-            "rest MB": float(cells[3]) - PROBE_BATCHES[0] * each,
+            "rest MB": max(float(cells[3]) - PROBE_BATCHES[0] * each, 0.0),
             "state MB": float(cells[7]) * 1024,
         }
     return rows
+
+
+def summary(path: Path, presets: tuple[str, ...] = ("cifar10", "imagenet64")) -> str:
+    """The short version of the table at ``path``: per model of ``presets``, its memory per
+    example against DDPM's and the micro-batch and accumulation for 80 GiB."""
+    keep = ["per example / DDPM", HEADER[-2], HEADER[-1]]
+    rows = [
+        [preset, model, objective, *(cells[k] for k in keep)]
+        for (preset, model, objective), cells in read_table(path).items()
+        if preset in presets
+    ]
+    note = f"From `{path.name}` (the full table: its page under Results)."
+    return "\n".join([note, "", *markdown_table(["preset", "model", "objective", *keep], rows)])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="write the short version of the --out table here")  # fmt: skip
+    parser.add_argument("--summary-only", action="store_true",
+                        help="only write the short version of the existing --out table")  # fmt: skip
     args = parser.parse_args()
+    if args.summary_only:
+        report(summary(args.out), args.summary)
+        return
     rows: list[list[object]] = []
     intro = (
         f"Memory of one fp32 training step, measured on the CPU ({environment()}) at "
@@ -131,6 +154,8 @@ def main() -> None:
             if args.out:  # kept as it grows: the imagenet64 rows take the longest
                 args.out.write_text("\n".join([intro, "", *markdown_table(HEADER, rows)]) + "\n")
     report("\n".join([intro, "", *markdown_table(HEADER, rows)]), args.out)
+    if args.out and args.summary:
+        report(summary(args.out), args.summary)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from ndm.data.atomic import atomic_write
 from ndm.models.protocol import DiffusionModel
-from ndm.runs.checkpoint import atomic_write, load_checkpoint
+from ndm.runs.checkpoint import load_checkpoint
 from ndm.runs.config import RunConfig
 from ndm.runs.folder import METRICS, load_run, read_metrics
 from ndm.runs.training import train

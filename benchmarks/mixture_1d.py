@@ -31,11 +31,11 @@ import torch
 from benchmarks.harness import cached_row, environment, mean_and_stderr, report, trained_model
 from ndm.analysis.diagnostics import identity_transform_gap, transform_displacement
 from ndm.analysis.mixture_oracle import GaussianMixture, MixtureOracle
+from ndm.data.atomic import atomic_write
 from ndm.data.points import save_points
 from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.transforms import IdentityTransform
 from ndm.models.ndm import NDM
-from ndm.runs.checkpoint import atomic_write
 from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 
 MIXTURE = GaussianMixture([0.5, 0.5], [-2.0, 2.0], [0.4, 0.4])

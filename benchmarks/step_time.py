@@ -69,9 +69,12 @@ def saved_tensor_bytes(total: list[int]):
         yield
 
 
-def make_step(model: NDM, x: Tensor, precision: str, micro_batches: int = 1) -> Callable[[], None]:
+def make_step(
+    model: NDM, x: Tensor, precision: str, micro_batches: int = 1, update: bool = True
+) -> Callable[[], None]:
     """One optimiser step on ``x``, its gradient accumulated over ``micro_batches`` equal
-    parts (each loss divided by their number, as in training)."""
+    parts (each loss divided by their number, as in training); without ``update``, only
+    the forward and backward passes."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     autocast = (
         torch.autocast(x.device.type, dtype=torch.bfloat16)
@@ -85,7 +88,8 @@ def make_step(model: NDM, x: Tensor, precision: str, micro_batches: int = 1) -> 
             with autocast:
                 loss = model(part)["loss"].mean() / micro_batches
             loss.backward()
-        optimizer.step()
+        if update:
+            optimizer.step()
 
     return step
 
@@ -102,9 +106,9 @@ def saved_bytes(model: NDM, x: Tensor, precision: str) -> int:
 
 def _peak_growth(
     arch: str, shape: tuple[int, ...], spec: tuple, objective: str, batch: int, precision: str,
-    device: torch.device, micro_batches: int = 1,
+    device: torch.device, micro_batches: int = 1, update: bool = True,
 ) -> float:  # fmt: skip
-    """MB by which one step at ``batch`` raises this process's peak memory over what it
+    """MB by which one step at ``batch`` (``update``: with the optimiser's) raises this process's peak memory over what it
     holds before the step, after a warm-up step at batch 1 (weights, gradients and Adam's
     state are then in place): the peak CUDA allocation, or the peak resident set size
     (Linux's ``VmHWM``, reset before the step)."""
@@ -115,7 +119,7 @@ def _peak_growth(
         model.compile()
     make_step(model, torch.rand(1, *shape, device=device) * 2 - 1, precision)()
     x = torch.rand(batch, *shape, device=device) * 2 - 1
-    step = make_step(model, x, precision, micro_batches)
+    step = make_step(model, x, precision, micro_batches, update)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
@@ -137,22 +141,29 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+#: glibc's malloc with a fixed mmap threshold: every allocation above 128 KiB is mapped on
+#: its own and returned to the system when freed, so that the resident set follows the live
+#: tensors and its peak is theirs, not that of freed memory malloc keeps for reuse.
+UNPOOLED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+
+
 def peak_memory(
     arch: str, shape: tuple[int, ...], spec: tuple, objective: str, batch: int, precision: str,
-    device: torch.device, micro_batches: int = 1,
+    device: torch.device, micro_batches: int = 1, update: bool = True,
 ) -> float:  # fmt: skip
     """:func:`_peak_growth` of one step, measured in a fresh process on a CPU (where the
     resident set's peak is the process's, so each model needs its own), in this one on a
     GPU."""
     if device.type == "cuda":
-        return _peak_growth(arch, shape, spec, objective, batch, precision, device, micro_batches)
-    probe = json.dumps(
-        [arch, list(shape), [list(spec[0]), spec[1]], objective, batch, precision, micro_batches]
-    )
+        return _peak_growth(
+            arch, shape, spec, objective, batch, precision, device, micro_batches, update
+        )
+    probe = [arch, list(shape), [list(spec[0]), spec[1]], objective, batch, precision]
+    probe = json.dumps(probe + [micro_batches, update])
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.step_time", "--peak-probe", probe],
         capture_output=True, text=True, check=False,
-        env=os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())},
+        env=os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())} | UNPOOLED_MALLOC,
     )  # fmt: skip
     if done.returncode:
         raise RuntimeError(f"peak memory probe failed: {done.stderr[-1000:]}")
@@ -421,11 +432,11 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.peak_probe:
-        arch, shape, (variant, compiled), objective, batch, precision, micro = json.loads(
+        arch, shape, (variant, compiled), objective, batch, precision, *how = json.loads(
             args.peak_probe
         )
         spec = (Variant(*variant), compiled)
-        print(_peak_growth(arch, tuple(shape), spec, objective, batch, precision, device, micro))
+        print(_peak_growth(arch, tuple(shape), spec, objective, batch, precision, device, *how))
         return
     header = (
         f"torch {torch.__version__}, device {device}"

@@ -108,6 +108,37 @@ def test_sample_default_output_goes_into_the_run(run_copy):
     assert torch.load(run_copy / "samples-ddim-4.pt", weights_only=True).shape == (20, 2)
 
 
+def test_sample_replaces_a_link_instead_of_writing_through_it(run_copy, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    (run_copy / "samples-ddim-4.png").symlink_to(victim)
+    assert main(["sample", str(run_copy), "--sampler", "ddim", "--steps", "4", "--n", "20"]) == 0
+    assert victim.read_text() == "the user's file"
+    figure = run_copy / "samples-ddim-4.png"
+    assert not figure.is_symlink() and figure.read_bytes().startswith(b"\x89PNG")
+
+
+def test_train_refuses_a_folder_that_is_not_a_run_and_touches_nothing(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"experiment": "mine"}')
+    (folder / "samples.png").write_bytes(b"my figure")
+    (folder / ".report.tmp").write_text("my notes")
+    before = snapshot(folder)
+    assert main(["train", "--run-dir", str(folder), *TINY]) == 1
+    one_line_error(capsys, "not an ndm run folder", "config.json", "samples.png")
+    assert snapshot(folder) == before
+
+
+def test_a_run_sweeps_its_own_temporaries_and_no_other(run_copy):
+    (run_copy / ".report.tmp").write_text("the user's")
+    (run_copy / ".checkpoint.pt.k3j2.ndm-tmp").write_bytes(b"cut short")
+    argv = ["train", "--run-dir", str(run_copy), *TINY, "--steps", "21", "--eval", "none"]
+    assert main([*argv, "--resume"]) == 0
+    assert (run_copy / ".report.tmp").read_text() == "the user's"
+    assert not (run_copy / ".checkpoint.pt.k3j2.ndm-tmp").exists()
+
+
 def test_unknown_sampler_is_a_usage_error(trained, capsys):
     before = snapshot(trained)
     assert main(["sample", str(trained), "--sampler", "euler-ish"]) == 2

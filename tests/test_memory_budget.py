@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from ndm.runs.inputs import load_data
 from ndm.runs.checkpoint import load_checkpoint
 from ndm.runs.config import DataConfig, ModelConfig, RunConfig, TrainConfig, read_config_file
+from ndm.runs.inputs import load_data
 from ndm.runs.memory import (
     GIB,
     HEADROOM,

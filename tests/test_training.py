@@ -6,8 +6,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from ndm.data.atomic import atomic_write
 from ndm.runs.builders import build_model
-from ndm.runs.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ndm.runs.checkpoint import load_checkpoint, save_checkpoint
 from ndm.runs.config import (
     DataConfig,
     EvalConfig,

@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import torch
 
+from ndm.data.atomic import atomic_write
 from ndm.evaluation.report import (
     EVAL_LEVELS,
     FAST_EVAL,
@@ -30,7 +31,6 @@ from ndm.evaluation.report import (
     run_metrics,
     summary,
 )
-from ndm.runs.checkpoint import atomic_write
 from ndm.runs.config import (
     CLOSED_UNIT_INTERVAL,
     NON_NEGATIVE,

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -47,6 +47,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 FOLDER_TEST_EVERY = 10
 
 _GZIP_MAGIC = b"\x1f\x8b"
+#: The most an IDX payload may outgrow its gzipped file (images compress 2 to 5 times).
+MAX_GZIP_RATIO = 100
 _IDX_KINDS = {IDX_IMAGES_MAGIC: "uint8 images", IDX_LABELS_MAGIC: "uint8 labels"}
 
 
@@ -57,17 +59,6 @@ class Split(NamedTuple):
     train_labels: np.ndarray
     test: np.ndarray
     test_labels: np.ndarray
-
-
-def _read_bytes(path: Path) -> bytes:
-    """The contents of ``path``, decompressed when they start with the gzip magic."""
-    raw = path.read_bytes()
-    if not raw.startswith(_GZIP_MAGIC):
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError) as error:
-        raise ValueError(f"{path}: corrupt gzip data ({error})") from error
 
 
 def find_idx_file(directory: Path, name: str) -> Path:
@@ -83,26 +74,49 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
 
     An IDX file is a big-endian uint32 magic ``0x000008<ndim>`` (``0x08``: uint8 data), then
     ``ndim`` big-endian uint32 dimensions, then ``prod(dims)`` bytes in C order. Returns the
-    array of shape ``dims``.
+    array of shape ``dims``. A gzipped file is decompressed as it is read: the header is
+    checked first, and a payload larger than the header says, or than
+    :data:`MAX_GZIP_RATIO` times the compressed file, is refused before it is held.
     """
-    raw = _read_bytes(path)
     kind = _IDX_KINDS[magic]
-    found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    with path.open("rb") as raw:
+        gzipped = raw.read(2) == _GZIP_MAGIC
+    opener = gzip.open if gzipped else open
+    try:
+        with opener(path, "rb") as file:
+            return _read_idx_stream(file, path, magic, kind, gzipped)
+    except (OSError, EOFError) as error:
+        raise ValueError(f"{path}: corrupt gzip data ({error})") from error
+
+
+def _read_idx_stream(
+    file: BinaryIO, path: Path, magic: int, kind: str, gzipped: bool
+) -> np.ndarray:
+    found_bytes = file.read(4)
+    found = int.from_bytes(found_bytes, "big") if len(found_bytes) == 4 else None
     if found != magic:
         got = "a file shorter than 4 bytes" if found is None else f"0x{found:08x}"
         raise ValueError(f"{path}: expected IDX magic 0x{magic:08x} ({kind}), got {got}")
     ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    header = file.read(4 * ndim)
+    if len(header) < 4 * ndim:
         raise ValueError(f"{path}: truncated IDX header, expected {ndim} dimensions")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dims = struct.unpack(f">{ndim}I", header)
     expected = math.prod(dims)
-    if len(raw) - header != expected:
+    if gzipped and expected > MAX_GZIP_RATIO * path.stat().st_size + (1 << 20):
+        raise ValueError(
+            f"{path}: its header claims {expected} bytes of {kind} for shape {list(dims)}, "
+            f"more than {MAX_GZIP_RATIO} times the gzipped file"
+        )
+    data = file.read(expected)
+    extra = len(file.read(1))
+    if len(data) != expected or extra:
+        found_size = "more" if extra else str(len(data))
         raise ValueError(
             f"{path}: expected {expected} bytes of {kind} for shape {list(dims)}, "
-            f"found {len(raw) - header}"
+            f"found {found_size}"
         )
-    return np.frombuffer(raw, np.uint8, count=expected, offset=header).reshape(dims).copy()
+    return np.frombuffer(data, np.uint8).reshape(dims).copy()
 
 
 def _read_mnist_part(directory: Path, part: str) -> tuple[np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ndm.analysis.diagnostics import transform_displacement
+from ndm.data.atomic import atomic_write
 from ndm.models.ndm import NDM
 
 TIMES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -35,8 +36,10 @@ def _pixels(grid: Tensor) -> Tensor:
 
 
 def _save(fig: Figure, path: str | Path) -> None:
+    """Write ``fig`` to ``path`` (its format from the suffix), aside and renamed into place."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    form = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda file: fig.savefig(file, format=form, dpi=100, bbox_inches="tight"))
 
 
 def _show(

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ndm.analysis.diagnostics import transform_displacement
+from ndm.data.atomic import atomic_write
 from ndm.models.ndm import NDM
 
 POINT = {"s": 1.0, "alpha": 0.5, "linewidths": 0}
@@ -35,8 +36,10 @@ def _style(ax: Axes, title: str, limits: tuple[float, float]) -> None:
 
 
 def _save(fig: Figure, path: str | Path) -> None:
+    """Write ``fig`` to ``path`` (its format from the suffix), aside and renamed into place."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    form = Path(path).suffix.lstrip(".") or "png"
+    atomic_write(path, lambda file: fig.savefig(file, format=form, dpi=120, bbox_inches="tight"))
 
 
 def plot_samples(samples: Tensor, data: Tensor, path: str | Path, caption: str = "") -> None:

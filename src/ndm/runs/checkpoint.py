@@ -2,49 +2,24 @@
 
 A checkpoint is a dict of tensors, state dicts and plain values (the config as a dict,
 never pickled classes), written with ``torch.save`` and read with ``weights_only=True``.
-One with a non-finite floating-point tensor is never written. Files get the permissions
-of a new file under the process's umask (as ``open`` gives them), not ``mkstemp``'s 0600.
+One with a non-finite floating-point tensor is never written, and every file is written
+through :func:`ndm.data.atomic.atomic_write`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from ndm.data.atomic import atomic_write
+
 REQUIRED_KEYS = ("config", "step", "model")
-
-
-def _new_file_mode() -> int:
-    """``0o666`` less the process's umask: the mode ``open`` gives a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write a file through ``write(file)`` into a temporary file in the same folder,
-    flush and fsync it, then ``os.replace`` it onto ``path``: readers see either the old
-    or the new file, never a partial one, and no temporary file is left behind."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp, _new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _finite_or_null(data: Any) -> Any:

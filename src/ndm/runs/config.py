@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -47,6 +48,8 @@ CLOSED_UNIT_INTERVAL: Check = ("in [0, 1]", lambda v: 0 <= v <= 1)
 #: The version of the config a run stores; records without one are read as version 1
 #: (:func:`config_from_record`), where 0 stood for "derived" in the optional settings.
 CONFIG_VERSION = 2
+#: The largest config file read (a config is a few hundred bytes).
+MAX_CONFIG_BYTES = 1 << 20
 #: What the command line takes for an optional setting's ``None``.
 AUTO = "auto"
 #: ``memory_budget`` when ``grad_accum`` is given, not chosen.
@@ -82,6 +85,14 @@ def option_type(f: Field) -> Callable[[str], Any]:
     return parse
 
 
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to a line: an error never prints an unbounded value."""
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxlist, shown.maxdict = 2, 4, 4
+    shown.maxstring, shown.maxother, shown.maxlong = 60, 60, 40
+    return shown.repr(value)
+
+
 class _Section:
     """Validation shared by the sections: type (taken from the default), choices, range."""
 
@@ -95,14 +106,14 @@ class _Section:
                 object.__setattr__(self, f.name, value)
             if type(value) is not kind:
                 raise ValueError(
-                    f"{f.name} must be of type {kind.__name__}, got {value!r} "
+                    f"{f.name} must be of type {kind.__name__}, got {_short(value)} "
                     f"({type(value).__name__})"
                 )
             choices, check = f.metadata["choices"], f.metadata["check"]
             if choices is not None and value not in choices:
-                raise ValueError(f"unknown {f.name} {value!r}; choose one of {choices}")
+                raise ValueError(f"unknown {f.name} {_short(value)}; choose one of {choices}")
             if check is not None and not check[1](value):
-                raise ValueError(f"{f.name} must be {check[0]}, got {value!r}")
+                raise ValueError(f"{f.name} must be {check[0]}, got {_short(value)}")
 
 
 @dataclass(frozen=True)
@@ -497,7 +508,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     version = data.get("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
         raise ValueError(
-            f"config version {version!r} is not {CONFIG_VERSION}, the one this ndm reads; a "
+            f"config version {_short(version)} is not {CONFIG_VERSION}, the one this ndm reads; a "
             "run's own config is read with config_from_record"
         )
     unknown = sorted(set(data) - set(sections) - {"version"})
@@ -507,7 +518,7 @@ def config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     for name, cls in sections.items():
         values = data.get(name, {})
         if not isinstance(values, Mapping):
-            raise ValueError(f"config section {name!r} must be a mapping, got {values!r}")
+            raise ValueError(f"config section {name!r} must be a mapping, got {_short(values)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -590,30 +601,51 @@ def with_data_path(cfg: RunConfig, data_path: Path | None) -> RunConfig:
 def read_config_file(path: Path) -> RunConfig:
     """The run config of a JSON file (``{section: {field: value}}``, as ``config.json``), or
     of a YAML file of the same shape (``.yaml``/``.yml``, read by ``yaml.safe_load``, which
-    builds plain values only)."""
+    builds plain values only). A file over :data:`MAX_CONFIG_BYTES`, a YAML alias (which
+    could expand a few bytes into gigabytes) and nesting too deep to read are refused."""
     try:
-        text = path.read_text()
+        size = path.stat().st_size
     except FileNotFoundError as error:
         raise FileNotFoundError(f"config file {path} not found") from error
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or type(error).__name__
-            raise ValueError(f"config file {path} is not YAML ({problem}{where})") from error
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"config file {path} is not JSON ({error})") from error
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(
+            f"config file {path} holds {size} bytes, more than a config's {MAX_CONFIG_BYTES}"
+        )
+    text = path.read_text()
+    is_yaml = path.suffix.lower() in (".yaml", ".yml")
+    try:
+        data = _read_yaml(path, text) if is_yaml else json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"config file {path} is not JSON ({error})") from error
+    except RecursionError as error:
+        raise ValueError(f"config file {path} is nested too deep to be a config") from error
     try:
         return config_from_dict(data)
     except (ValueError, TypeError) as error:
         raise ValueError(f"config file {path}: {error}") from error
+
+
+def _read_yaml(path: Path, text: str) -> Any:
+    """The plain values of a YAML config; ``ValueError`` for bad YAML or an alias."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise ValueError(
+                    f"config file {path} uses a YAML alias at line {mark.line + 1}; a config "
+                    "spells out its values"
+                )
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=NoAliasLoader)  # a SafeLoader: plain values only
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(f"config file {path} is not YAML ({problem}{where})") from error
 
 
 def flag_names() -> dict[tuple[str, str], str]:

@@ -15,10 +15,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from ndm.data.atomic import atomic_write
 from ndm.models.latent import LatentNDM
 from ndm.models.ndm import NDM
 from ndm.runs.builders import build_run_model
-from ndm.runs.checkpoint import atomic_write, save_json
+from ndm.runs.checkpoint import save_json
 from ndm.runs.config import RunConfig, config_from_record, config_to_dict
 from ndm.runs.distributed import resolve_device
 from ndm.runs.folder import read_run

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ndm.data.atomic import TEMPORARY_SUFFIX, atomic_write
 from ndm.models.latent import LatentNDM
 from ndm.models.ndm import NDM
 from ndm.runs.builders import build_run_model
-from ndm.runs.checkpoint import atomic_write, load_checkpoint, non_finite_tensors, save_json
-from ndm.runs.config import RunConfig, config_from_record, config_to_dict
+from ndm.runs.checkpoint import load_checkpoint, non_finite_tensors, save_json
+from ndm.runs.config import MAX_CONFIG_BYTES, RunConfig, config_from_record, config_to_dict
 from ndm.runs.distributed import resolve_device
 
 CHECKPOINT = "checkpoint.pt"
@@ -46,6 +47,39 @@ def ema_of(model: NDM | LatentNDM, decay: float) -> AveragedModel:
 def saved_config(state: dict[str, Any]) -> RunConfig:
     """The config of a checkpoint (settings an earlier version did not store: as it ran)."""
     return config_from_record(state["config"])
+
+
+def check_new_run_folder(run_dir: Path) -> None:
+    """A new run starts in a folder that does not exist, is empty, or is an ndm run that has
+    not reached its first checkpoint (its ``config.json`` a run's record); anything else
+    (a user's folder, a file) raises ``ValueError`` naming what it holds, and nothing in it
+    is touched."""
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ValueError(f"run folder {run_dir} is a file, not a folder")
+    entries = sorted(p.name for p in run_dir.iterdir() if not p.name.endswith(TEMPORARY_SUFFIX))
+    if not entries or _is_run_record(run_dir / CONFIG):
+        return
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise ValueError(
+        f"{run_dir} is not empty and is not an ndm run folder (it holds {shown}); a new run "
+        "needs a new or empty folder: choose another --run-dir"
+    )
+
+
+def _is_run_record(path: Path) -> bool:
+    """Whether ``path`` is the ``config.json`` an ndm run writes."""
+    if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_CONFIG_BYTES:
+        return False
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not {"data", "model", "train"} <= record.keys():
+            return False
+        config_from_record(record)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def write_config(run_dir: Path, cfg: RunConfig) -> None:

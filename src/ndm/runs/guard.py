@@ -4,8 +4,9 @@ temporary files, and a graceful stop on ``SIGTERM`` and ``SIGINT``.
 - :func:`exclusive_run_folder` holds an exclusive ``flock`` on the folder itself (no lock file
   is left behind); a second writer is refused with a clear error. The lock goes with the
   process, so a killed run never leaves the folder locked.
-- :func:`remove_stale_temporaries` deletes the ``.NAME.*.tmp`` files that a kill during an
-  atomic write leaves (:func:`ndm.runs.checkpoint.atomic_write`); only the lock holder calls it.
+- :func:`remove_stale_temporaries` deletes the temporary files that a kill during an atomic
+  write leaves (:func:`ndm.data.atomic.atomic_write`), and no other; only the lock holder
+  calls it.
 - :class:`StopSignals` turns ``SIGTERM`` (sent by ``timeout``, Slurm, Docker, Kubernetes) and
   ``SIGINT`` (Ctrl-C) into a request that the training loop honours after the current step.
 """
@@ -17,9 +18,11 @@ import fcntl
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
+
+from ndm.data.atomic import TEMPORARY_SUFFIX
 
 
 @contextlib.contextmanager
@@ -40,10 +43,14 @@ def exclusive_run_folder(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Delete the temporary files of interrupted atomic writes in ``run_dir``."""
-    for path in run_dir.glob(".*.tmp"):
-        if path.is_file():
+def remove_stale_temporaries(run_dir: Path, run_files: Iterable[str]) -> None:
+    """Delete the temporary files of interrupted atomic writes in ``run_dir``: those named
+    with :data:`~ndm.data.atomic.TEMPORARY_SUFFIX`, and those of ``run_files`` that earlier
+    versions named ``.NAME.*.tmp``. A file of the user's is never touched."""
+    stale = list(run_dir.glob(f".*{TEMPORARY_SUFFIX}"))
+    stale += [path for name in run_files for path in run_dir.glob(f".{name}.*.tmp")]
+    for path in stale:
+        if path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
 
 

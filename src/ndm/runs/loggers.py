@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor
 
+from ndm.data.atomic import atomic_write
 from ndm.plots.images import image_grid
 
 LOGGERS = ("tensorboard", "wandb", "mlflow")
@@ -88,7 +89,8 @@ class MlflowLogger:
         run_id = kept.read_text().strip() if kept.exists() else None
         run = self.mlflow.start_run(run_id=run_id, run_name=run_dir.name)
         if run_id is None:
-            kept.write_text(run.info.run_id + "\n")
+            text = (run.info.run_id + "\n").encode()
+            atomic_write(kept, lambda file: file.write(text))
             self.mlflow.log_dict(config, "config.json")
 
     def scalars(self, step: int, values: dict[str, float]) -> None:

@@ -16,7 +16,7 @@ from ndm.runs.config import (
     config_to_dict,
     with_resolved_paths,
 )
-from ndm.runs.folder import CHECKPOINT, CONFIG, RUN_KEYS, saved_config
+from ndm.runs.folder import CHECKPOINT, CONFIG, RUN_KEYS, check_new_run_folder, saved_config
 
 RUN_SECTIONS = ("data", "model", "latent", "train")
 #: What a resumed run may change: how long it runs, how often and where it logs and saves,
@@ -111,6 +111,7 @@ def checkpoint_to_resume(
             raise FileExistsError(
                 f"{run_dir} already holds a checkpoint; resume it or choose another run folder"
             )
+        check_new_run_folder(run_dir)
         return None, cfg
     if not path.is_file():
         raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")

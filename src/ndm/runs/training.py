@@ -34,12 +34,13 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ndm.data.atomic import atomic_write
 from ndm.data.loading import Splits
 from ndm.data.points import save_points
 from ndm.losses.likelihood import bits_per_dim, dequantisation_offset
 from ndm.models.latent import LatentNDM
 from ndm.models.ndm import NDM
-from ndm.runs.checkpoint import atomic_write, save_checkpoint
+from ndm.runs.checkpoint import save_checkpoint
 from ndm.runs.config import (
     RunConfig,
     config_to_dict,
@@ -47,7 +48,14 @@ from ndm.runs.config import (
     with_resolved_time_scales,
 )
 from ndm.runs.distributed import Distributed, init_distributed
-from ndm.runs.folder import CHECKPOINT, DATA, append_metrics, keep_metrics_until, write_config
+from ndm.runs.folder import (
+    CHECKPOINT,
+    DATA,
+    RUN_FILES,
+    append_metrics,
+    keep_metrics_until,
+    write_config,
+)
 from ndm.runs.guard import RunStopped, StopSignals, exclusive_run_folder, remove_stale_temporaries
 from ndm.runs.inputs import draw_micro_batches, micro_batch_size, training_splits
 from ndm.runs.loggers import RunLogger, check_loggers, finite_scalars, open_loggers
@@ -72,7 +80,8 @@ def train(
     ``cfg.train.steps``, with the settings it was trained with (only
     :data:`~ndm.runs.resume.RESUMABLE_SETTINGS` and the evaluation settings may change);
     without it, a run folder that already holds a checkpoint is refused, and so is a folder
-    another process is training in. Paths in the config are stored resolved. Bad data and
+    another process is training in. With ``cfg.train.memory_budget``, a new run measures
+    its step and chooses ``grad_accum`` before the first one (:mod:`ndm.runs.memory`). Paths in the config are stored resolved. Bad data and
     options and refused runs raise before anything is written; a non-finite loss or
     gradient raises ``FloatingPointError`` and leaves the last checkpoint as it was.
     ``SIGTERM`` or ``SIGINT`` stops the run after the current step with a checkpoint of it
@@ -125,7 +134,7 @@ def _open_run_folder(
         return []
     run_dir.mkdir(parents=True, exist_ok=True)
     guard.enter_context(exclusive_run_folder(run_dir))
-    remove_stale_temporaries(run_dir)
+    remove_stale_temporaries(run_dir, RUN_FILES)
     if keep_points:
         atomic_write(run_dir / DATA, lambda file: save_points(file, splits.train, splits.test))
     write_config(run_dir, cfg)

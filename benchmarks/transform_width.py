@@ -1,0 +1,71 @@
+"""What a narrower transform network costs and keeps: NDM with F at full, 1/2 and 1/4 of
+the predictor's width, side by side.
+
+Per width: NDM's lead over DDPM on Fashion-MNIST 16x16 at T = 10 (the paired NLL and NELBO
+differences of :mod:`benchmarks.fashion_mnist`, read from its committed table), and the
+step-time and peak-memory ratios to DDPM of a discrete training step on the same ``cpu16``
+U-Net at batch 128 (:func:`benchmarks.step_time.step_table`, timed alternately in this run).
+Usage::
+
+    python -m benchmarks.transform_width --out benchmarks/results/transform_width.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+
+from benchmarks.harness import markdown_table, report
+from benchmarks.step_time import CASES, step_table
+
+LEAD_TABLE = Path(__file__).parent / "results" / "fashion_mnist_width.md"
+WIDTHS = {"NDM": "full", "NDM, F at 1/2 width": "1/2", "NDM, F at 1/4 width": "1/4"}
+
+
+def paired_leads(path: Path) -> dict[str, str]:
+    """The paired ``NLL, NELBO`` differences against DDPM of each ``T = 10`` model of a
+    Fashion-MNIST table, by model name."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    column = next(i for i, name in enumerate(header) if name.startswith("paired"))
+    leads = {}
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == len(header) and cells[0] == "10" and cells[column]:
+            leads[cells[1]] = cells[column].removesuffix(" (DDPM)")
+    return leads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    options = Namespace(objectives=["discrete"], repeats=args.repeats, precision="fp32",
+                        compile=False, models=list(WIDTHS), skip=[], only=["cpu16"])  # fmt: skip
+    steps = step_table(options, torch.device("cpu"), CASES)
+    header = [cell.strip() for cell in steps[0].strip("|").split("|")]
+    cells = [cell.strip() for cell in steps[-1].strip("|").split("|")]
+    leads = paired_leads(LEAD_TABLE)
+    rows = [
+        [width, leads[name], cells[header.index(f"{name} / DDPM")],
+         cells[header.index(f"{name} peak / DDPM")]]
+        for name, width in WIDTHS.items()
+    ]  # fmt: skip
+    intro = (
+        "NDM with F narrower than the predictor: lead over DDPM on Fashion-MNIST 16x16, "
+        f"T = 10 (paired by image, bits/dim; from `{LEAD_TABLE.name}`), and the ratios to DDPM "
+        f"of a discrete training step of the cpu16 U-Net at batch {cells[2]} ("
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; the step table below)."
+    )
+    table = markdown_table(
+        ["F width", "paired NLL, NELBO − DDPM", "step time / DDPM", "peak memory / DDPM"], rows
+    )
+    report("\n".join([intro, "", *table, "", *steps]), args.out)
+
+
+if __name__ == "__main__":
+    main()
