@@ -1,3 +1,4 @@
+import errno
 import json
 import math
 import shutil
@@ -137,6 +138,25 @@ def test_a_run_sweeps_its_own_temporaries_and_no_other(run_copy):
     assert main([*argv, "--resume"]) == 0
     assert (run_copy / ".report.tmp").read_text() == "the user's"
     assert not (run_copy / ".checkpoint.pt.k3j2.ndm-tmp").exists()
+
+
+def test_eval_and_sample_on_a_read_only_folder_fail_before_computing(run_copy, capsys, monkeypatch):
+    import ndm.cli
+    import ndm.data.atomic
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def computed(*args, **kwargs):
+        raise AssertionError("computed before checking where its output goes")
+
+    monkeypatch.setattr(ndm.data.atomic.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(ndm.cli, "run_metrics", computed)
+    monkeypatch.setattr(ndm.cli, "draw_samples", computed)
+    assert main(["eval", str(run_copy)]) == 1
+    one_line_error(capsys, "cannot write the evaluation record", "Read-only", "nothing computed")
+    assert main(["sample", str(run_copy), "--sampler", "ddim", "--steps", "4"]) == 1
+    one_line_error(capsys, "cannot write the samples", "nothing computed")
 
 
 def test_unknown_sampler_is_a_usage_error(trained, capsys):
@@ -438,3 +458,23 @@ def test_warmup_longer_than_the_run_is_warned_of(tmp_path):
 def test_eval_with_a_step_limit_reports_the_nll_left_out(run_copy, capsys):
     assert main(["eval", str(run_copy), "--n-eval", "8", "--nll-max-steps", "1"]) == 0
     assert "test NLL   left out: not solved within 1 dopri5 steps" in capsys.readouterr().out
+
+
+def test_messages_a_user_can_act_on(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a run")
+    assert main(["eval", str(afile)]) == 1
+    one_line_error(capsys, "afile is a file, not a run folder")
+
+    run = tmp_path / "my runs" / "one"
+    flags = "--steps 2 --hidden 16 --depth 1 --n-train 64 --batch-size 16 --eval none"
+    assert main(["train", "--run-dir", str(run), *flags.split()]) == 0
+    captured = capsys.readouterr()
+    assert f"run: ndm eval '{run}'" in captured.out  # pastes into a shell as it is
+    warning = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warning == [
+        "ndm: warning: warmup_steps 500 > steps 2: the run ends at 0.4% of the learning rate"
+    ]
+
+    assert main(["sample", "--help"]) == 0
+    assert "(default: ode)" in capsys.readouterr().out

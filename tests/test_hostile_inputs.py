@@ -7,6 +7,7 @@ import errno
 import gzip
 import json
 import struct
+import sys
 import tracemalloc
 from types import SimpleNamespace
 
@@ -146,3 +147,41 @@ def test_ndm_sample_on_a_full_disk_is_one_line_and_leaves_the_old_output(
     assert len(lines) == 1 and "no space left on the device" in lines[0], lines
     assert (out.read_bytes(), out.with_suffix(".pt").read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "t.png", "t.pt"]
+
+
+def test_fid_that_cannot_import_is_refused_before_the_first_step(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", None)  # a broken install
+    run = tmp_path / "run"
+    flags = "--dataset digits --architecture cpu8 --steps 2 --batch-size 8 --fid-samples 10"
+    assert main(["train", "--run-dir", str(run), *flags.split()]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "needs torchmetrics" in lines[0], lines
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ("--batch-size 4000000000", "a micro-batch of 4000000000 needs"),
+        ("--hidden 100000", "an MLP of 100000 hidden units (training state) needs"),
+        ("--n-train 3000000000", "toy points needs"),
+        ("--device meta", "device must be a torch device name (not meta)"),
+    ],
+)
+def test_sizes_that_cannot_be_allocated_are_one_line_with_the_size(
+    tmp_path, capsys, flags, message
+):
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *flags.split()]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+    assert "GiB" in lines[0] or "meta" in lines[0]
+    assert not run.exists()
+
+
+def test_a_float_batch_size_in_a_config_is_one_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  batch_size: 1e23\n")
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "batch_size must be of type int" in lines[0], lines

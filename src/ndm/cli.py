@@ -10,8 +10,10 @@ evaluation settings beside the metrics.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import NoReturn
 
 import torch
 
-from ndm.data.atomic import atomic_write
+from ndm.data.atomic import atomic_write, check_writable
 from ndm.evaluation.report import (
     EVAL_LEVELS,
     FAST_EVAL,
@@ -46,7 +48,14 @@ from ndm.runs.config import (
 )
 from ndm.runs.distributed import init_distributed
 from ndm.runs.export import DESCRIPTION, export_run
-from ndm.runs.folder import RUN_FILES, load_run, load_run_config, read_run, save_evaluation
+from ndm.runs.folder import (
+    EVALUATIONS,
+    RUN_FILES,
+    load_run,
+    load_run_config,
+    read_run,
+    save_evaluation,
+)
 from ndm.runs.guard import RunStopped
 from ndm.runs.inputs import check_evaluable, load_data
 from ndm.runs.training import train
@@ -103,7 +112,7 @@ def _train(args: argparse.Namespace) -> None:
         return
     print(f"trained {cfg.train.steps} steps in {run_dir}")
     if args.eval == "none":
-        print(f"evaluation skipped (--eval none); run: ndm eval {run_dir}")
+        print(f"evaluation skipped (--eval none); run: ndm eval {shlex.quote(str(run_dir))}")
         return
     metrics = report_run(
         model, load_run_config(run_dir) if args.resume else cfg, run_dir, args.eval
@@ -122,6 +131,7 @@ def _sample(args: argparse.Namespace) -> None:
             raise ValueError(
                 f"--out would overwrite {path}, which the run needs; choose another name"
             )
+    check_writable(out.parent, "the samples")
     cfg, model = load_run(args.run, device=args.device)
     cfg = with_data_path(cfg, args.data_path)
     splits = load_data(cfg.data)
@@ -157,10 +167,12 @@ def _eval(args: argparse.Namespace) -> None:
     cfg = with_data_path(replace(cfg, eval=replace(cfg.eval, **changes)), args.data_path)
     splits = load_data(cfg.data)
     check_evaluable(splits, cfg.eval)
+    evals = run / EVALUATIONS
+    check_writable(evals if evals.is_dir() else run, "the evaluation record")
     metrics = record(run_metrics(model, cfg, splits), cfg, trained.step)
+    print(summary(metrics), flush=True)  # shown even if storing it fails
     log_evaluation(cfg, run, metrics, None)
     path = save_evaluation(run, metrics)
-    print(summary(metrics))
     print(f"wrote {path}")
 
 
@@ -214,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample_p = commands.add_parser("sample", help="draw samples from a trained run", **shown)
     sample_p.add_argument("run", type=Path, help="run folder")
-    sample_p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ode")
+    sample_p.add_argument("--sampler", choices=sorted(SAMPLERS), default="ode", help="sampler")
     sample_p.add_argument("--steps", type=positive_int, default=100, help="sampler steps")
     sample_p.add_argument("--n", type=positive_int, default=1000, help="number of samples")
     sample_p.add_argument(
@@ -252,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
+    """A warning as one line of the command, without the source line Python would show."""
+    print(f"ndm: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -263,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     try:
-        args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            args.handler(args)
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     except (ValueError, OSError, FloatingPointError) as error:

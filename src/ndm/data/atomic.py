@@ -65,3 +65,19 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
                 + (" (the previous file is kept)" if path.exists() else ""),
             ) from error
         raise
+
+
+def check_writable(folder: str | Path, purpose: str) -> None:
+    """Raise ``OSError`` naming ``folder`` and ``purpose`` unless a file can be written in
+    it now (by trying one, as a permission check alone cannot tell a read-only file system
+    or a folder that is a file): a command checks where its outputs go before it computes
+    them."""
+    folder = Path(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=TEMPORARY_SUFFIX)
+    except OSError as error:
+        raise OSError(
+            error.errno, f"cannot write {purpose} in {folder} ({error.strerror}); nothing computed"
+        ) from error
+    os.close(fd)
+    os.unlink(tmp)

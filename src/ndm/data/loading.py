@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ndm.data.host_memory import require_memory
 from ndm.data.images import (
     IMAGE_DATASETS,
     dequantise,
@@ -81,6 +82,8 @@ def load_splits(
     ``path`` (``resolution`` 0: native size; else resized), memory-mapped from its copy in
     the folder ``cache`` when one is given (:mod:`ndm.data.level_files`)."""
     if dataset in TOY_DATASETS:
+        # float32 points [N, 2] and the draw's temporaries, about as many again
+        require_memory(f"{n_train} + {n_test} toy points", (n_train + n_test) * 2 * 4 * 2)
         train, test = toy2d_splits(dataset, n_train, n_test, seed)
         return Splits(train, test, None, False, entropy(dataset))
     if dataset == POINTS_DATASET:

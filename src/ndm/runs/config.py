@@ -338,10 +338,9 @@ def _is_device(name: str) -> bool:
     if name == "auto":
         return True
     try:
-        torch.device(name)
+        return torch.device(name).type != "meta"  # meta tensors hold no data to train on
     except RuntimeError:
         return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -386,7 +385,9 @@ class TrainConfig(_Section):
     checkpoint_every: int = _option(1000, "steps between checkpoints", check=POSITIVE)
     log_every: int = _option(100, "steps between metric lines", check=POSITIVE)
     device: str = _option(
-        "auto", "torch device (auto: GPU if any)", check=("a torch device name", _is_device)
+        "auto",
+        "torch device (auto: GPU if any)",
+        check=("a torch device name (not meta)", _is_device),
     )
     precision: str = _option(
         "fp32", "bf16: autocast the networks to bfloat16 (GPU or CPU)", PRECISIONS

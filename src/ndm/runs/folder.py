@@ -139,8 +139,11 @@ def save_evaluation(run_dir: Path, metrics: dict[str, Any]) -> Path:
 
 
 def checkpoint_in(run_dir: str | Path) -> Path:
-    """``run_dir/checkpoint.pt``; ``FileNotFoundError`` if the run folder does not exist."""
+    """``run_dir/checkpoint.pt``; ``FileNotFoundError`` if the run folder does not exist,
+    ``NotADirectoryError`` if it is a file."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is a file, not a run folder")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     return run_dir / CHECKPOINT

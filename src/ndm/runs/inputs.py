@@ -3,6 +3,7 @@ checked before anything is written, and each step's micro-batches with their noi
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,10 +50,20 @@ def check_data(x: Tensor, num_levels: int | None = None) -> None:
 
 def check_evaluable(splits: Splits, cfg: EvalConfig) -> None:
     """What the evaluation after training needs, checked before the first step: test
-    examples and the FID weights file when one is named."""
+    examples, and for FID the weights file when one is named and torchmetrics, which must
+    import here."""
     splits.require_test_examples()
     if cfg.fid_weights and not Path(cfg.fid_weights).is_file():
         raise FileNotFoundError(f"FID weights file {cfg.fid_weights} not found")
+    if cfg.fid_samples and splits.is_image:
+        try:
+            importlib.import_module("torchmetrics.image.fid")
+        except Exception as error:  # a broken install fails in many ways (ImportError, OSError)
+            reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            raise ValueError(
+                f"FID (--fid-samples {cfg.fid_samples}) needs torchmetrics, which does not "
+                f"import here ({reason}); mend the install or give --fid-samples 0"
+            ) from error
 
 
 def given_points(

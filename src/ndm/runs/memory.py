@@ -13,6 +13,7 @@ optimisation and the noise of each micro-batch follow ``grad_accum`` as if it we
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ndm.data.host_memory import require_memory
 from ndm.data.loading import Splits, model_input
 from ndm.runs.config import NO_BUDGET, RunConfig
 from ndm.runs.distributed import Distributed
@@ -28,6 +30,20 @@ GIB = 2**30
 #: The share of the budget a step is planned to use; the rest is left to the allocator's
 #: fragmentation and to buffers no probe sees (cuDNN workspaces, DDP's gradient buckets).
 HEADROOM = 0.9
+
+
+def check_host_memory(cfg: RunConfig, splits: Splits, place: Distributed) -> None:
+    """Refuse, with the size needed, what the host cannot hold: one micro-batch of inputs
+    with its indices, and an MLP's training state (its ``depth`` hidden layers of
+    ``hidden^2`` weights, for the predictor and a learned transform; 5 x their bytes). The
+    U-Net presets have fixed sizes."""
+    size = cfg.train.batch_size // (place.world_size * cfg.train.grad_accum)
+    require_memory(f"a micro-batch of {size}", size * (8 + 4 * math.prod(splits.shape)))
+    if splits.is_image or cfg.model.architecture not in ("auto", "mlp"):
+        return
+    networks = 2 if cfg.model.transform in ("learned", "separable") else 1
+    weights = networks * max(cfg.model.depth, 1) * cfg.model.hidden**2
+    require_memory(f"an MLP of {cfg.model.hidden} hidden units (training state)", 5 * 4 * weights)
 
 
 def budget_bytes(budget: str, device: torch.device) -> int:

@@ -59,7 +59,7 @@ from ndm.runs.folder import (
 from ndm.runs.guard import RunStopped, StopSignals, exclusive_run_folder, remove_stale_temporaries
 from ndm.runs.inputs import draw_micro_batches, micro_batch_size, training_splits
 from ndm.runs.loggers import RunLogger, check_loggers, finite_scalars, open_loggers
-from ndm.runs.memory import with_fitted_micro_batches
+from ndm.runs.memory import check_host_memory, with_fitted_micro_batches
 from ndm.runs.optim import optimisation_step
 from ndm.runs.resume import checkpoint_to_resume
 from ndm.runs.state import TrainState
@@ -93,6 +93,7 @@ def train(
     cfg, splits = training_splits(cfg, run_dir, resume, train_data, test_data)
     place = init_distributed(cfg.train.device)
     micro_batch_size(cfg, place)
+    check_host_memory(cfg, splits, place)
     saved, cfg = checkpoint_to_resume(run_dir, cfg, splits.shape, resume)
     state = TrainState.create(cfg, splits.shape, splits.num_levels, place.device)
     if saved is not None:
