@@ -3,6 +3,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -478,3 +479,51 @@ def test_messages_a_user_can_act_on(tmp_path, capsys):
 
     assert main(["sample", "--help"]) == 0
     assert "(default: ode)" in capsys.readouterr().out
+
+
+def _points_file(path, train, test=None):
+    arrays = {"train": train.numpy()} | ({} if test is None else {"test": test.numpy()})
+    np.savez(path, **arrays)
+    return path
+
+
+def test_runs_on_points_without_test_points_train_sample_and_resume(tmp_path, capsys):
+    from ndm.runs.config import RunConfig, TrainConfig
+    from ndm.runs.training import train
+
+    points = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    cfg = RunConfig(train=TrainConfig(steps=2, batch_size=16, warmup_steps=1))
+    given = tmp_path / "given"
+    train(cfg, given, train_data=points)
+    assert main(["sample", str(given), "--sampler", "ddim", "--steps", "2", "--n", "8"]) == 0
+    more = RunConfig(train=TrainConfig(steps=3, batch_size=16, warmup_steps=1))
+    train(more, given, resume=True, train_data=points)
+
+    file = _points_file(tmp_path / "train-only.npz", points)
+    flags = ["--dataset", "points", "--path", str(file), "--steps", "2", "--batch-size", "16"]
+    capsys.readouterr()
+    assert main(["train", "--run-dir", str(tmp_path / "full"), *flags]) == 1
+    one_line_error(capsys, "holds no test points", "--eval none")
+    assert not (tmp_path / "full").exists()
+    assert main(["train", "--run-dir", str(tmp_path / "none"), *flags, "--eval", "none"]) == 0
+
+
+def test_points_files_are_checked_whole_and_keyed_to_their_content(tmp_path, capsys):
+    points = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    test = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    test[3, 1] = float("inf")
+    file = _points_file(tmp_path / "pts.npz", points, test)
+    flags = ["--dataset", "points", "--path", str(file), "--steps", "2", "--batch-size", "16",
+             "--eval", "none"]  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *flags]) == 1
+    one_line_error(capsys, "test data holds NaN or inf values in 1 of 16 rows")
+    assert not run.exists()
+
+    test[3, 1] = 0.0
+    _points_file(file, points, test)
+    assert main(["train", "--run-dir", str(run), *flags]) == 0
+    _points_file(file, points + 1.0, test)  # same shape, other values
+    capsys.readouterr()
+    assert main(["train", "--run-dir", str(run), *flags, "--steps", "3", "--resume"]) == 1
+    one_line_error(capsys, "are not those it was trained on")

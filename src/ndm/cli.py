@@ -22,6 +22,7 @@ from typing import NoReturn
 import torch
 
 from ndm.data.atomic import atomic_write, check_writable
+from ndm.data.points import POINTS_DATASET
 from ndm.evaluation.report import (
     EVAL_LEVELS,
     FAST_EVAL,
@@ -107,6 +108,12 @@ def _train(args: argparse.Namespace) -> None:
     latent = "latent-" if cfg.latent.enabled else ""
     name = f"{cfg.data.dataset}-{latent}{cfg.model.transform}-{stamp}"
     run_dir = args.run_dir or Path("runs") / name
+    if args.eval != "none" and cfg.data.dataset == POINTS_DATASET:
+        if load_data(cfg.data).test.shape[0] == 0:  # checked now, not after training
+            raise ValueError(
+                f"points file {cfg.data.path} holds no test points, which the evaluation after "
+                "training needs: add a 'test' array or give --eval none"
+            )
     model = train(cfg, run_dir, resume=args.resume)
     if not init_distributed(cfg.train.device).is_main:
         return

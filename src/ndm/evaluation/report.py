@@ -101,13 +101,15 @@ def draw_samples(
 
 
 def plot_drawn(samples: Tensor, splits: Splits, out: Path, caption: str) -> None:
-    """The samples beside as many test examples, in one figure at ``out``."""
+    """The samples beside as many test examples (training points where there are none),
+    in one figure at ``out``."""
     n = samples.shape[0]
     if splits.is_image:
         test = model_input(splits.test[:n], splits, None, augment=False)
         plot_image_samples(samples, test, out, caption=caption)
-    else:
-        plot_samples(samples, splits.test[:n], out, caption)
+    else:  # a points file may hold no test points: then the training ones
+        shown = splits.test if splits.test.shape[0] else splits.train
+        plot_samples(samples, shown[:n], out, caption)
 
 
 def _plot_model(model: DiffusionModel, cfg: RunConfig, splits: Splits, run_dir: Path) -> None:
@@ -121,7 +123,8 @@ def _plot_model(model: DiffusionModel, cfg: RunConfig, splits: Splits, run_dir: 
         shape, out = splits.shape, run_dir / "predictions.png"
         plot_predictions_from_noise({cfg.model.transform: model}, shape, out)
     else:
-        plot_transform(model, splits.test[:TRANSFORM_POINTS], run_dir / "transform.png")
+        shown = splits.test if splits.test.shape[0] else splits.train
+        plot_transform(model, shown[:TRANSFORM_POINTS], run_dir / "transform.png")
 
 
 def report_run(model: DiffusionModel, cfg: RunConfig, run_dir: Path, level: str) -> dict:

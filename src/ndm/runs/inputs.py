@@ -3,6 +3,7 @@ checked before anything is written, and each step's micro-batches with their noi
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,7 @@ def load_data(cfg: DataConfig) -> Splits:
     )
 
 
-def check_data(x: Tensor, num_levels: int | None = None) -> None:
+def check_data(x: Tensor, num_levels: int | None = None, what: str = "training data") -> None:
     """Raise ``ValueError`` unless ``x`` is non-empty floating ``[N, D]`` data of finite
     values, or (``num_levels`` given) integer images ``[N, C, H, W]`` with levels in
     ``0..num_levels-1``."""
@@ -38,14 +39,12 @@ def check_data(x: Tensor, num_levels: int | None = None) -> None:
             raise ValueError(f"image levels must lie in 0..{num_levels - 1}, got {low}..{high}")
         return
     if x.dim() != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(
-            f"training data must have shape [N, D] with N, D > 0, got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{what} must have shape [N, D] with N, D > 0, got {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise ValueError(f"training data must be floating point, got {x.dtype}")
+        raise ValueError(f"{what} must be floating point, got {x.dtype}")
     bad = int((~torch.isfinite(x)).any(dim=1).sum())
     if bad:
-        raise ValueError(f"training data holds NaN or inf values in {bad} of {x.shape[0]} rows")
+        raise ValueError(f"{what} holds NaN or inf values in {bad} of {x.shape[0]} rows")
 
 
 def check_evaluable(splits: Splits, cfg: EvalConfig) -> None:
@@ -102,14 +101,30 @@ def training_splits(
     test_data: Tensor | None,
 ) -> tuple[RunConfig, Splits]:
     """The config and the checked splits of a run: the configured dataset (which must also
-    be evaluable after training), or the given points."""
+    be evaluable after training, but for a points file without test points), or the given
+    points; every split is checked before the first step."""
     if train_data is None:
         splits = load_data(cfg.data)
-        check_evaluable(splits, cfg.eval)
+        if cfg.data.dataset != POINTS_DATASET or splits.test.shape[0]:  # a test array is optional
+            check_evaluable(splits, cfg.eval)
     else:
         cfg, splits = given_points(cfg, run_dir, resume, train_data, test_data)
     check_data(splits.train, splits.num_levels)
+    if splits.test.shape[0]:  # the figures and evaluation after training read it
+        check_data(splits.test, splits.num_levels, "test data")
     return cfg, splits
+
+
+def points_digest(cfg: RunConfig, splits: Splits) -> str | None:
+    """SHA-256 of the train and test points of a run on a points file (``None`` for other
+    data): a resume must see the points the run began on."""
+    if cfg.data.dataset != POINTS_DATASET:
+        return None
+    digest = hashlib.sha256()
+    for x in (splits.train, splits.test):
+        digest.update(str(tuple(x.shape)).encode())
+        digest.update(x.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def micro_batch_size(cfg: RunConfig, place: Distributed) -> int:

@@ -46,8 +46,9 @@ def fixed_settings_changed(saved: dict[str, Any], wanted: dict[str, Any]) -> lis
 
 
 def check_resumable(
-    state: dict[str, Any], cfg: RunConfig, shape: tuple[int, ...], path: Path
-) -> None:
+    state: dict[str, Any], cfg: RunConfig, shape: tuple[int, ...], path: Path,
+    digest: str | None = None,
+) -> None:  # fmt: skip
     """The checkpoint must have been trained with the data, model and optimisation settings
     of ``cfg`` (paths resolved) and stop before its end."""
     saved = config_to_dict(with_resolved_paths(saved_config(state)))
@@ -62,6 +63,10 @@ def check_resumable(
         raise ValueError(
             f"cannot resume {path}: it was trained on examples of shape {tuple(state['shape'])},"
             f" not {shape}"
+        )
+    if state.get("data_digest") not in (None, digest):
+        raise ValueError(
+            f"cannot resume {path}: the points of {cfg.data.path} are not those it was trained on"
         )
     if state["step"] >= cfg.train.steps:
         raise ValueError(
@@ -99,11 +104,13 @@ def with_chosen_micro_batches(cfg: RunConfig, saved: RunConfig) -> RunConfig:
 
 
 def checkpoint_to_resume(
-    run_dir: Path, cfg: RunConfig, shape: tuple[int, ...], resume: bool
+    run_dir: Path, cfg: RunConfig, shape: tuple[int, ...], resume: bool, digest: str | None = None
 ) -> tuple[dict[str, Any] | None, RunConfig]:
     """The checkpoint of ``run_dir`` to continue (``resume``), checked against ``cfg`` and
     the run's ``config.json``, and ``cfg`` with the micro-batches its budget chose
-    (:func:`with_chosen_micro_batches`); ``None`` for a new run, which refuses a folder
+    (:func:`with_chosen_micro_batches`); ``digest``: that of the run's points
+    (:func:`ndm.runs.inputs.points_digest`), which must be those it began on. ``None`` for
+    a new run, which refuses a folder
     that already holds a checkpoint."""
     path = run_dir / CHECKPOINT
     if not resume:
@@ -117,6 +124,6 @@ def checkpoint_to_resume(
         raise FileNotFoundError(f"cannot resume: no checkpoint at {path}")
     state = load_checkpoint(path, RUN_KEYS)
     cfg = with_chosen_micro_batches(cfg, saved_config(state))
-    check_resumable(state, cfg, shape, path)
+    check_resumable(state, cfg, shape, path, digest)
     check_record(run_dir / CONFIG, state)
     return state, cfg
