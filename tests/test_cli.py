@@ -202,11 +202,17 @@ def test_a_run_evaluates_and_samples_from_elsewhere_and_from_moved_data(tmp_path
     shutil.move(data, tmp_path / "moved")
     capsys.readouterr()
     assert main(["eval", str(run), "--n-eval", "8"]) == 1
-    one_line_error(capsys, "pts.npz: points file not found")
+    one_line_error(capsys, "pts.npz: points file not found", "give its new place with --data-path")
     moved = str(tmp_path / "moved" / "pts.npz")
     assert main(["eval", str(run), "--n-eval", "8", "--data-path", moved]) == 0
     args = ["sample", str(run), "--sampler", "ddim", "--steps", "2", "--n", "4"]
     assert main([*args, "--data-path", moved]) == 0
+    other = tmp_path / "other.npz"
+    with other.open("wb") as file:
+        save_points(file, torch.randn(300, 3), torch.randn(40, 3))
+    capsys.readouterr()
+    assert main([*args, "--data-path", str(other)]) == 1
+    one_line_error(capsys, "examples of shape [3]", "not its dataset")
 
 
 def test_sample_on_nan_output_fails_and_writes_nothing(run_copy, capsys, monkeypatch):
@@ -527,3 +533,18 @@ def test_points_files_are_checked_whole_and_keyed_to_their_content(tmp_path, cap
     capsys.readouterr()
     assert main(["train", "--run-dir", str(run), *flags, "--steps", "3", "--resume"]) == 1
     one_line_error(capsys, "are not those it was trained on")
+
+
+def test_points_files_of_the_wrong_form_and_options_that_do_nothing_are_named(
+    trained, tmp_path, capsys
+):
+    npy = tmp_path / "pts.npy"
+    np.save(npy, np.zeros((10, 2), np.float32))
+    one_d = _points_file(tmp_path / "flat.npz", torch.zeros(100))
+    for path, message in ((npy, "a single array (.npy), not an .npz archive"),
+                          (one_d, "'train' must be a 2-D array of points [N, D], got shape [100]")):  # fmt: skip
+        argv = ["train", "--dataset", "points", "--path", str(path), "--eval", "none"]
+        assert main([*argv, "--run-dir", str(tmp_path / "r")]) == 1
+        one_line_error(capsys, message)
+    assert main(["eval", str(trained), "--n-samples", "5"]) == 2  # eval draws no figures
+    assert "unrecognized arguments: --n-samples" in capsys.readouterr().err

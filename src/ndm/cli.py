@@ -22,6 +22,7 @@ from typing import NoReturn
 import torch
 
 from ndm.data.atomic import atomic_write, check_writable
+from ndm.data.loading import Splits
 from ndm.data.points import POINTS_DATASET
 from ndm.evaluation.report import (
     EVAL_LEVELS,
@@ -52,7 +53,7 @@ from ndm.runs.export import DESCRIPTION, export_run
 from ndm.runs.folder import (
     EVALUATIONS,
     RUN_FILES,
-    load_run,
+    TrainedRun,
     load_run_config,
     read_run,
     save_evaluation,
@@ -139,9 +140,9 @@ def _sample(args: argparse.Namespace) -> None:
                 f"--out would overwrite {path}, which the run needs; choose another name"
             )
     check_writable(out.parent, "the samples")
-    cfg, model = load_run(args.run, device=args.device)
-    cfg = with_data_path(cfg, args.data_path)
-    splits = load_data(cfg.data)
+    trained = read_run(args.run, device=args.device)
+    cfg, model = with_data_path(trained.config, args.data_path), trained.model
+    splits = _run_data(trained, cfg)
     options = {
         "ode": {"method": args.method, "rtol": args.rtol, "atol": args.atol},
         "ddim": {"eta": args.eta},
@@ -160,6 +161,25 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {out} and {tensor_path}")
 
 
+def _run_data(trained: TrainedRun, cfg: RunConfig) -> Splits:
+    """The data of a trained run (``cfg``: its config, the data path perhaps moved): a
+    missing dataset says how to point at it, and data of another shape or number of levels
+    than the run was trained on is refused."""
+    try:
+        splits = load_data(cfg.data)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{error}; if the run's data has moved, give its new place with --data-path"
+        ) from error
+    if (splits.shape, splits.num_levels) != (trained.shape, trained.num_levels):
+        raise ValueError(
+            f"the data at {cfg.data.path or cfg.data.dataset} has examples of shape "
+            f"{list(splits.shape)} and {splits.num_levels} levels; the run was trained on "
+            f"{list(trained.shape)} and {trained.num_levels}: not its dataset"
+        )
+    return splits
+
+
 def _eval(args: argparse.Namespace) -> None:
     run = Path(args.run)
     trained = read_run(run, device=args.device)
@@ -172,7 +192,7 @@ def _eval(args: argparse.Namespace) -> None:
     if changes.get("fid_weights"):
         changes["fid_weights"] = str(Path(changes["fid_weights"]).expanduser().resolve())
     cfg = with_data_path(replace(cfg, eval=replace(cfg.eval, **changes)), args.data_path)
-    splits = load_data(cfg.data)
+    splits = _run_data(trained, cfg)
     check_evaluable(splits, cfg.eval)
     evals = run / EVALUATIONS
     check_writable(evals if evals.is_dir() else run, "the evaluation record")
@@ -188,10 +208,16 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {path} and {path.with_name(DESCRIPTION)}; load with ndm.load_pretrained")
 
 
+#: Evaluation settings of the figures after training only, which ``ndm eval`` does not draw.
+PLOT_ONLY = ("n_samples",)
+
+
 def _add_eval_overrides(parser: argparse.ArgumentParser) -> None:
     """One optional flag per evaluation setting; absent ones keep the run's value."""
     group = parser.add_argument_group("evaluation options (default: the run's own)")
     for f in fields(EvalConfig):
+        if f.name in PLOT_ONLY:
+            continue
         choices = f.metadata["choices"]
         group.add_argument(
             "--" + f.name.replace("_", "-"),

@@ -237,9 +237,12 @@ def read_npz_arrays(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise ValueError("a single array, not an npz archive")
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError(
+                "it is a single array (.npy), not an .npz archive of named arrays (np.savez)"
+            )
+        with loaded as npz:
             missing = [key for key in required if key not in npz.files]
             if missing:
                 raise ValueError(f"lacks array {missing[0]!r}, has {npz.files}")

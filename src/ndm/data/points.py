@@ -35,7 +35,12 @@ def read_points(path: str | Path) -> tuple[Tensor, Tensor]:
     train = arrays["train"]
     test = arrays.get("test", train[:0])
     for name, x in (("train", train), ("test", test)):
-        if x.ndim != 2 or x.shape[1] != train.shape[1] or not np.issubdtype(x.dtype, np.floating):
+        if x.ndim != 2:
+            raise ValueError(
+                f"points file {path}: {name!r} must be a 2-D array of points [N, D], got shape "
+                f"{list(x.shape)}"
+            )
+        if x.shape[1] != train.shape[1] or not np.issubdtype(x.dtype, np.floating):
             raise ValueError(
                 f"points file {path}: {name!r} must be float [N, {train.shape[-1]}], "
                 f"got {x.dtype} {list(x.shape)}"
