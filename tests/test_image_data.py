@@ -185,6 +185,19 @@ def test_folder_crop_resize_split_labels(tmp_path: Path) -> None:
     assert torch.equal(smaller.test[0], colour.expand(3, 4, 4))
 
 
+def test_a_greyscale_folder_is_one_channel_and_every_tenth_file_is_test(tmp_path: Path) -> None:
+    for k in range(12):  # 8-bit and 16-bit grey files
+        levels = np.full((6, 6), 20 * k)
+        write_image(tmp_path / f"{k:02d}.png", levels)
+    Image.fromarray(np.full((6, 6), 60 * 257, np.uint16)).save(tmp_path / "12.png")
+    data = load_image_dataset("folder", tmp_path, resolution=6)
+    assert data.train.shape == (11, 1, 6, 6) and data.test.shape == (2, 1, 6, 6)
+    assert [int(x.flatten()[0]) for x in data.test] == [0, 200]  # files 00 and 10 of 00..12
+    assert int(data.train[-1].flatten()[0]) == 60  # 16-bit levels scaled to 8 bits
+    write_image(tmp_path / "13.png", np.zeros((6, 6, 3)))  # one colour file: RGB for all
+    assert load_image_dataset("folder", tmp_path, resolution=6).train.shape[1] == 3
+
+
 def test_digits_levels_and_split() -> None:
     from sklearn.datasets import load_digits
 

@@ -40,6 +40,7 @@ CIFAR_CLASSES = 10
 IMAGENET_CLASSES = 1000
 #: Pillow modes of greyscale images with more than 8 bits per pixel.
 WIDE_GREY_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")
+GREY_MODES = ("1", "L", *WIDE_GREY_MODES)
 IMAGENET_TEST_FILE = "val_data.npz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: Every ``FOLDER_TEST_EVERY``-th image of a folder (sorted positions 0, 10, 20, ...) is a test
@@ -352,27 +353,45 @@ def _grey_8_bit(image: Image.Image, path: Path) -> Image.Image:
     return Image.fromarray(np.rint(values / 257).astype(np.uint8), mode="L")
 
 
-def read_image(path: Path, resolution: int) -> np.ndarray:
-    """One image as RGB ``uint8 [3, resolution, resolution]``.
+def read_image(path: Path, resolution: int, channels: int = 3) -> np.ndarray:
+    """One image as ``uint8 [channels, resolution, resolution]``: RGB (3) or grey (1).
 
     The central square (side: the image's shorter side) is resized to ``resolution``
     with Pillow's Lanczos filter: the same as resizing the shorter side to ``resolution``
     and center-cropping the longer one.
     """
-    size = (resolution, resolution)
+    size, mode = (resolution, resolution), "L" if channels == 1 else "RGB"
     try:
         with Image.open(path) as image:
-            image.draft("RGB", size)
+            image.draft(mode, size)
             if image.mode in WIDE_GREY_MODES:
                 image = _grey_8_bit(image, path)
-            rgb = ImageOps.fit(image.convert("RGB"), size, Image.Resampling.LANCZOS)
+            fitted = ImageOps.fit(image.convert(mode), size, Image.Resampling.LANCZOS)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: not a readable PNG/JPEG image ({error})") from error
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    return (
+        np.asarray(fitted, dtype=np.uint8)
+        .reshape(resolution, resolution, channels)
+        .transpose(2, 0, 1)
+    )
 
 
-def _folder_files(directory: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
-    """Files of :func:`read_image_folder`, their labels ``int64 [N]`` and test mask ``[N]``."""
+def folder_channels(files: list[Path]) -> int:
+    """1 when every image of ``files`` is greyscale (its channels would be equal as RGB),
+    else 3; read from the files' headers."""
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                if image.mode not in GREY_MODES:
+                    return 3
+        except (OSError, Image.DecompressionBombError) as error:
+            raise ValueError(f"{path}: not a readable PNG/JPEG image ({error})") from error
+    return 1
+
+
+def _folder_files(directory: Path) -> tuple[list[Path], np.ndarray, np.ndarray, int]:
+    """Files of :func:`read_image_folder`, their labels ``int64 [N]``, test mask ``[N]``
+    and channels (:func:`folder_channels`)."""
     files = image_files(directory)
     if len(files) < 2:
         raise FileNotFoundError(
@@ -380,23 +399,25 @@ def _folder_files(directory: Path) -> tuple[list[Path], np.ndarray, np.ndarray]:
         )
     parents = {parent: k for k, parent in enumerate(sorted({path.parent for path in files}))}
     labels = np.array([parents[path.parent] for path in files], dtype=np.int64)
-    return files, labels, np.arange(len(files)) % FOLDER_TEST_EVERY == 0
+    test = np.arange(len(files)) % FOLDER_TEST_EVERY == 0
+    return files, labels, test, folder_channels(files)
 
 
-def _read_images(files: list[Path], labels: np.ndarray, resolution: int) -> tuple:
-    return np.stack([read_image(path, resolution) for path in files]), labels
+def _read_images(files: list[Path], labels: np.ndarray, resolution: int, channels: int) -> tuple:
+    return np.stack([read_image(path, resolution, channels) for path in files]), labels
 
 
 def read_image_folder(directory: Path, resolution: int) -> Split:
-    """The PNG/JPEG images under ``directory`` as ``uint8 [N, 3, resolution, resolution]``.
+    """The PNG/JPEG images under ``directory`` as ``uint8 [N, C, resolution, resolution]``:
+    ``C = 1`` when every image is greyscale, else 3 (RGB).
 
     Files are sorted by relative path; those at positions ``0, 10, 20, ...`` (every
     :data:`FOLDER_TEST_EVERY`-th, from the first) form the test split, the rest the train
     split. An image's label is the index of its parent folder among the sorted distinct
     parent folders (all 0 for a flat folder).
     """
-    files, labels, test = _folder_files(directory)
-    images, _ = _read_images(files, labels, resolution)
+    files, labels, test, channels = _folder_files(directory)
+    images, _ = _read_images(files, labels, resolution, channels)
     return Split(images[~test], labels[~test], images[test], labels[test])
 
 
@@ -404,7 +425,7 @@ def image_folder_parts(
     directory: Path, resolution: int, per_part: int = 4096
 ) -> tuple[list[LazyPart], list[LazyPart]]:
     """Train and test parts of :func:`read_image_folder`, ``per_part`` images each."""
-    files, labels, test = _folder_files(directory)
+    files, labels, test, channels = _folder_files(directory)
     splits = []
     for mask in (~test, test):
         chosen = [path for path, keep in zip(files, mask, strict=True) if keep]
@@ -413,7 +434,7 @@ def image_folder_parts(
             LazyPart(
                 len(chosen[k : k + per_part]),
                 partial(_read_images, chosen[k : k + per_part], chosen_labels[k : k + per_part],
-                        resolution),
+                        resolution, channels),
             )
             for k in range(0, len(chosen), per_part)
         ])  # fmt: skip
