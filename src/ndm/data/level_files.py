@@ -30,7 +30,7 @@ from torch import Tensor
 from ndm.data.formats import LazyPart
 
 #: Bumped whenever the layout of a copy changes, so that old copies are not read.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 2: greyscale folders copied as one channel
 SPLITS = ("train", "test")
 
 
