@@ -548,3 +548,10 @@ def test_points_files_of_the_wrong_form_and_options_that_do_nothing_are_named(
         one_line_error(capsys, message)
     assert main(["eval", str(trained), "--n-samples", "5"]) == 2  # eval draws no figures
     assert "unrecognized arguments: --n-samples" in capsys.readouterr().err
+
+
+def test_a_sample_count_the_host_cannot_hold_is_one_line(trained, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["sample", str(trained), "--n", "4000000000", "--out", str(out)]) == 1
+    one_line_error(capsys, "4000000000 samples needs", "GiB")
+    assert not out.exists()

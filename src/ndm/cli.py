@@ -10,6 +10,7 @@ evaluation settings beside the metrics.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import NoReturn
 import torch
 
 from ndm.data.atomic import atomic_write, check_writable
+from ndm.data.host_memory import require_memory
 from ndm.data.loading import Splits
 from ndm.data.points import POINTS_DATASET
 from ndm.evaluation.report import (
@@ -143,6 +145,8 @@ def _sample(args: argparse.Namespace) -> None:
     trained = read_run(args.run, device=args.device)
     cfg, model = with_data_path(trained.config, args.data_path), trained.model
     splits = _run_data(trained, cfg)
+    # the samples, the sampler's state and the plotted copy, float32
+    require_memory(f"{args.n} samples", 4 * args.n * 4 * math.prod(splits.shape))
     options = {
         "ode": {"method": args.method, "rtol": args.rtol, "atol": args.atol},
         "ddim": {"eta": args.eta},
