@@ -24,8 +24,6 @@ import torch
 
 from ndm.data.atomic import atomic_write, check_writable
 from ndm.data.host_memory import require_memory
-from ndm.data.loading import Splits
-from ndm.data.points import POINTS_DATASET
 from ndm.evaluation.report import (
     EVAL_LEVELS,
     FAST_EVAL,
@@ -55,13 +53,12 @@ from ndm.runs.export import DESCRIPTION, export_run
 from ndm.runs.folder import (
     EVALUATIONS,
     RUN_FILES,
-    TrainedRun,
     load_run_config,
     read_run,
     save_evaluation,
 )
 from ndm.runs.guard import RunStopped
-from ndm.runs.inputs import check_evaluable, load_data
+from ndm.runs.inputs import check_evaluable, require_test_points, trained_run_data
 from ndm.runs.training import train
 from ndm.sampling.samplers import ODE_METHODS, SAMPLERS
 
@@ -111,12 +108,8 @@ def _train(args: argparse.Namespace) -> None:
     latent = "latent-" if cfg.latent.enabled else ""
     name = f"{cfg.data.dataset}-{latent}{cfg.model.transform}-{stamp}"
     run_dir = args.run_dir or Path("runs") / name
-    if args.eval != "none" and cfg.data.dataset == POINTS_DATASET:
-        if load_data(cfg.data).test.shape[0] == 0:  # checked now, not after training
-            raise ValueError(
-                f"points file {cfg.data.path} holds no test points, which the evaluation after "
-                "training needs: add a 'test' array or give --eval none"
-            )
+    if args.eval != "none":  # checked now, not after training
+        require_test_points(cfg)
     model = train(cfg, run_dir, resume=args.resume)
     if not init_distributed(cfg.train.device).is_main:
         return
@@ -144,7 +137,7 @@ def _sample(args: argparse.Namespace) -> None:
     check_writable(out.parent, "the samples")
     trained = read_run(args.run, device=args.device)
     cfg, model = with_data_path(trained.config, args.data_path), trained.model
-    splits = _run_data(trained, cfg)
+    splits = trained_run_data(trained, cfg)
     # the samples, the sampler's state and the plotted copy, float32
     require_memory(f"{args.n} samples", 4 * args.n * 4 * math.prod(splits.shape))
     options = {
@@ -165,25 +158,6 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {out} and {tensor_path}")
 
 
-def _run_data(trained: TrainedRun, cfg: RunConfig) -> Splits:
-    """The data of a trained run (``cfg``: its config, the data path perhaps moved): a
-    missing dataset says how to point at it, and data of another shape or number of levels
-    than the run was trained on is refused."""
-    try:
-        splits = load_data(cfg.data)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"{error}; if the run's data has moved, give its new place with --data-path"
-        ) from error
-    if (splits.shape, splits.num_levels) != (trained.shape, trained.num_levels):
-        raise ValueError(
-            f"the data at {cfg.data.path or cfg.data.dataset} has examples of shape "
-            f"{list(splits.shape)} and {splits.num_levels} levels; the run was trained on "
-            f"{list(trained.shape)} and {trained.num_levels}: not its dataset"
-        )
-    return splits
-
-
 def _eval(args: argparse.Namespace) -> None:
     run = Path(args.run)
     trained = read_run(run, device=args.device)
@@ -196,7 +170,7 @@ def _eval(args: argparse.Namespace) -> None:
     if changes.get("fid_weights"):
         changes["fid_weights"] = str(Path(changes["fid_weights"]).expanduser().resolve())
     cfg = with_data_path(replace(cfg, eval=replace(cfg.eval, **changes)), args.data_path)
-    splits = _run_data(trained, cfg)
+    splits = trained_run_data(trained, cfg)
     check_evaluable(splits, cfg.eval)
     evals = run / EVALUATIONS
     check_writable(evals if evals.is_dir() else run, "the evaluation record")

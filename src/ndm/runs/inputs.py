@@ -15,7 +15,7 @@ from ndm.data.loading import Splits, load_splits, model_input
 from ndm.data.points import POINTS_DATASET, read_points
 from ndm.runs.config import DataConfig, EvalConfig, RunConfig
 from ndm.runs.distributed import Distributed, shard_seed
-from ndm.runs.folder import DATA
+from ndm.runs.folder import DATA, TrainedRun
 
 
 def load_data(cfg: DataConfig) -> Splits:
@@ -166,3 +166,32 @@ def draw_micro_batches(
         x = model_input(batch.to(device, non_blocking=True), splits, generator, augment=True)
         micro_batches.append((x, generator))
     return micro_batches
+
+
+def require_test_points(cfg: RunConfig) -> None:
+    """A points file, whose test array is optional, must hold test points when the
+    evaluation after training is asked for; ``ValueError`` before training otherwise."""
+    if cfg.data.dataset == POINTS_DATASET and load_data(cfg.data).test.shape[0] == 0:
+        raise ValueError(
+            f"points file {cfg.data.path} holds no test points, which the evaluation after "
+            "training needs: add a 'test' array or give --eval none"
+        )
+
+
+def trained_run_data(trained: TrainedRun, cfg: RunConfig) -> Splits:
+    """The data of a trained run (``cfg``: its config, the data path perhaps moved): a
+    missing dataset says how to point at it, and data of another shape or number of levels
+    than the run was trained on is refused."""
+    try:
+        splits = load_data(cfg.data)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{error}; if the run's data has moved, give its new place with --data-path"
+        ) from error
+    if (splits.shape, splits.num_levels) != (trained.shape, trained.num_levels):
+        raise ValueError(
+            f"the data at {cfg.data.path or cfg.data.dataset} has examples of shape "
+            f"{list(splits.shape)} and {splits.num_levels} levels; the run was trained on "
+            f"{list(trained.shape)} and {trained.num_levels}: not its dataset"
+        )
+    return splits
