@@ -27,7 +27,8 @@ import torch
 
 from benchmarks.harness import environment, markdown_table, report
 from benchmarks.step_time import MODELS, build, peak_memory
-from ndm.runs.memory import GIB, HEADROOM, micro_batches_to_fit
+from ndm.data.host_memory import GIB
+from ndm.runs.memory import HEADROOM, micro_batches_to_fit
 
 PRESETS = {"cifar10": (3, 32, 32), "imagenet32": (3, 32, 32), "imagenet64": (3, 64, 64)}
 #: The models of the table, each (name in step_time's MODELS, objective); discrete time

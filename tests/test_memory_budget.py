@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from ndm.data.host_memory import GIB
 from ndm.runs.checkpoint import load_checkpoint
 from ndm.runs.config import DataConfig, ModelConfig, RunConfig, TrainConfig, read_config_file
 from ndm.runs.inputs import load_data
 from ndm.runs.memory import (
-    GIB,
     HEADROOM,
     budget_bytes,
     micro_batches_to_fit,

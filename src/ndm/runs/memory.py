@@ -21,12 +21,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ndm.data.host_memory import require_memory
+from ndm.data.host_memory import GIB, require_memory
 from ndm.data.loading import Splits, model_input
 from ndm.runs.config import NO_BUDGET, RunConfig
 from ndm.runs.distributed import Distributed
 
-GIB = 2**30
 #: The share of the budget a step is planned to use; the rest is left to the allocator's
 #: fragmentation and to buffers no probe sees (cuDNN workspaces, DDP's gradient buckets).
 HEADROOM = 0.9
