@@ -179,7 +179,10 @@ def main() -> None:
         f"Memory of one fp32 training step, measured on the CPU ({environment()}) at "
         f"micro-batches of {PROBE_BATCHES[0]} and {PROBE_BATCHES[1]} and scaled per example; "
         f"micro-batch: the largest dividing {GLOBAL_BATCH} whose step fits {HEADROOM:.0%} of "
-        f"{DEVICE_GIB} GiB with the training state (5 x the parameters)."
+        f"{DEVICE_GIB} GiB with the training state (5 x the parameters). Presets: "
+        f"{', '.join(args.presets)}. A row marked scaled would not fit this host at "
+        f"{PROBE_BATCHES[1]} examples: its memory per example is DDPM's on its preset times its "
+        f"ratio to DDPM on {args.presets[0]}."
     )
     kept = _rows(args.out) if args.out and args.out.exists() else {}
     ratios: dict[tuple[str, str], float] = {}
