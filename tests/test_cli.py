@@ -532,7 +532,7 @@ def test_points_files_are_checked_whole_and_keyed_to_their_content(tmp_path, cap
     _points_file(file, points + 1.0, test)  # same shape, other values
     capsys.readouterr()
     assert main(["train", "--run-dir", str(run), *flags, "--steps", "3", "--resume"]) == 1
-    one_line_error(capsys, "are not those it was trained on")
+    one_line_error(capsys, "is not the data it was trained on")
 
 
 def test_points_files_of_the_wrong_form_and_options_that_do_nothing_are_named(
@@ -555,3 +555,23 @@ def test_a_sample_count_the_host_cannot_hold_is_one_line(trained, tmp_path, caps
     assert main(["sample", str(trained), "--n", "4000000000", "--out", str(out)]) == 1
     one_line_error(capsys, "4000000000 samples needs", "GiB")
     assert not out.exists()
+
+
+def test_a_data_path_to_another_dataset_of_the_same_shape_is_refused(tmp_path, capsys):
+    from PIL import Image
+
+    for name, seed in (("mine", 0), ("other", 1)):
+        rng = np.random.default_rng(seed)
+        for k in range(12):
+            pixels = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+            (tmp_path / name).mkdir(exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / name / f"{k:02d}.png")
+    run = tmp_path / "run"
+    flags = ["--dataset", "folder", "--path", str(tmp_path / "mine"), "--resolution", "8",
+             "--architecture", "cpu8", "--steps", "1", "--batch-size", "4", "--eval", "none"]  # fmt: skip
+    assert main(["train", "--run-dir", str(run), *flags]) == 0
+    args = ["sample", str(run), "--sampler", "ddim", "--steps", "2", "--n", "4"]
+    assert main([*args, "--data-path", str(tmp_path / "mine")]) == 0
+    capsys.readouterr()
+    assert main([*args, "--data-path", str(tmp_path / "other")]) == 1
+    one_line_error(capsys, "is not the data the run was trained on")

@@ -156,14 +156,16 @@ def _kind(latent: bool) -> str:
 @dataclass(frozen=True)
 class TrainedRun:
     """What a run folder's checkpoint holds for using the model: its ``config``, the
-    ``model`` with the EMA weights, the ``step`` it was written at, the example ``shape``
-    and the ``num_levels`` of image data (``None`` for points)."""
+    ``model`` with the EMA weights, the ``step`` it was written at, the example ``shape``,
+    the ``num_levels`` of image data (``None`` for points) and the ``data_digest`` of its
+    data (:func:`ndm.runs.inputs.data_digest`; ``None`` for toy data and older runs)."""
 
     config: RunConfig
     model: NDM | LatentNDM
     step: int
     shape: tuple[int, ...]
     num_levels: int | None
+    data_digest: str | None = None
 
 
 def _check_kind(state: dict[str, Any], cfg: RunConfig, kind: str | None) -> None:
@@ -205,7 +207,8 @@ def read_run(
     except (ValueError, TypeError, RuntimeError) as error:
         raise ValueError(f"{path} does not hold a usable ndm run: {error}") from error
     model = ema.module.to(resolve_device(str(device)))
-    return TrainedRun(cfg, model, state["step"], shape, state["num_levels"])
+    digest = state.get("data_digest")
+    return TrainedRun(cfg, model, state["step"], shape, state["num_levels"], digest)
 
 
 def load_run(

@@ -115,15 +115,22 @@ def training_splits(
     return cfg, splits
 
 
-def points_digest(cfg: RunConfig, splits: Splits) -> str | None:
-    """SHA-256 of the train and test points of a run on a points file (``None`` for other
-    data): a resume must see the points the run began on."""
-    if cfg.data.dataset != POINTS_DATASET:
+#: Examples of each split an image run's digest reads: enough to tell datasets apart.
+DIGEST_IMAGES = 256
+
+
+def data_digest(cfg: RunConfig, splits: Splits) -> str | None:
+    """SHA-256 of a run's data, so that a resume, ``ndm sample`` and ``ndm eval`` refuse
+    other data: all train and test points of a points file; the first
+    :data:`DIGEST_IMAGES` train and test images (their levels) of an image dataset; ``None``
+    for toy data, which seeds draw."""
+    if cfg.data.dataset != POINTS_DATASET and not splits.is_image:
         return None
     digest = hashlib.sha256()
     for x in (splits.train, splits.test):
+        part = x[:DIGEST_IMAGES] if splits.is_image else x
         digest.update(str(tuple(x.shape)).encode())
-        digest.update(x.contiguous().numpy().tobytes())
+        digest.update(torch.as_tensor(part).contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -181,7 +188,8 @@ def require_test_points(cfg: RunConfig) -> None:
 def trained_run_data(trained: TrainedRun, cfg: RunConfig) -> Splits:
     """The data of a trained run (``cfg``: its config, the data path perhaps moved): a
     missing dataset says how to point at it, and data of another shape or number of levels
-    than the run was trained on is refused."""
+    than the run was trained on, or other data than its digest says (:func:`data_digest`),
+    is refused."""
     try:
         splits = load_data(cfg.data)
     except FileNotFoundError as error:
@@ -193,5 +201,10 @@ def trained_run_data(trained: TrainedRun, cfg: RunConfig) -> Splits:
             f"the data at {cfg.data.path or cfg.data.dataset} has examples of shape "
             f"{list(splits.shape)} and {splits.num_levels} levels; the run was trained on "
             f"{list(trained.shape)} and {trained.num_levels}: not its dataset"
+        )
+    if trained.data_digest not in (None, data_digest(cfg, splits)):
+        raise ValueError(
+            f"the data at {cfg.data.path or cfg.data.dataset} is not the data the run was "
+            "trained on (its digest differs)"
         )
     return splits

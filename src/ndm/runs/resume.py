@@ -66,7 +66,8 @@ def check_resumable(
         )
     if state.get("data_digest") not in (None, digest):
         raise ValueError(
-            f"cannot resume {path}: the points of {cfg.data.path} are not those it was trained on"
+            f"cannot resume {path}: the data at {cfg.data.path or cfg.data.dataset} is not the "
+            "data it was trained on (its digest differs)"
         )
     if state["step"] >= cfg.train.steps:
         raise ValueError(
@@ -108,8 +109,8 @@ def checkpoint_to_resume(
 ) -> tuple[dict[str, Any] | None, RunConfig]:
     """The checkpoint of ``run_dir`` to continue (``resume``), checked against ``cfg`` and
     the run's ``config.json``, and ``cfg`` with the micro-batches its budget chose
-    (:func:`with_chosen_micro_batches`); ``digest``: that of the run's points
-    (:func:`ndm.runs.inputs.points_digest`), which must be those it began on. ``None`` for
+    (:func:`with_chosen_micro_batches`); ``digest``: that of the run's data
+    (:func:`ndm.runs.inputs.data_digest`), which must be that it began on. ``None`` for
     a new run, which refuses a folder
     that already holds a checkpoint."""
     path = run_dir / CHECKPOINT

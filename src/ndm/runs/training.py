@@ -58,9 +58,9 @@ from ndm.runs.folder import (
 )
 from ndm.runs.guard import RunStopped, StopSignals, exclusive_run_folder, remove_stale_temporaries
 from ndm.runs.inputs import (
+    data_digest,
     draw_micro_batches,
     micro_batch_size,
-    points_digest,
     training_splits,
 )
 from ndm.runs.loggers import RunLogger, check_loggers, finite_scalars, open_loggers
@@ -99,7 +99,7 @@ def train(
     place = init_distributed(cfg.train.device)
     micro_batch_size(cfg, place)
     check_host_memory(cfg, splits, place)
-    digest = points_digest(cfg, splits)
+    digest = data_digest(cfg, splits)
     saved, cfg = checkpoint_to_resume(run_dir, cfg, splits.shape, resume, digest)
     state = TrainState.create(cfg, splits.shape, splits.num_levels, place.device)
     if saved is not None:
@@ -153,11 +153,11 @@ def _open_run_folder(
 
 
 def _save(run_dir: Path, cfg: RunConfig, splits: Splits, state: TrainState) -> None:
-    """Write the checkpoint: the config, the data's shape and (a points file's) digest
+    """Write the checkpoint: the config, the data's shape and digest
     beside the state."""
     record = {"config": config_to_dict(cfg), "shape": list(splits.shape)}
     record["num_levels"] = splits.num_levels
-    record["data_digest"] = points_digest(cfg, splits)
+    record["data_digest"] = data_digest(cfg, splits)
     save_checkpoint(run_dir / CHECKPOINT, record | state.state_dict())
 
 
