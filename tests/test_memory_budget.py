@@ -87,13 +87,15 @@ def test_budgeted_run_takes_the_steps_of_its_grad_accum_and_resumes_with_it(tmp_
     recorded = read_config_file(tmp_path / "budget" / "config.json")
     assert recorded.train.grad_accum == 4 and recorded.train.memory_budget == budget
     train(_cfg(grad_accum=4), tmp_path / "given")
-    for key, value in _weights(tmp_path / "given").items():
-        assert torch.equal(_weights(tmp_path / "budget")[key], value), key
+    given, budgeted = _weights(tmp_path / "given"), _weights(tmp_path / "budget")
+    for key, value in given.items():
+        assert torch.equal(budgeted[key], value), key
 
     train(_cfg(memory_budget=budget, steps=1), tmp_path / "split")
     train(_cfg(memory_budget=budget), tmp_path / "split", resume=True)
-    for key, value in _weights(tmp_path / "given").items():
-        assert torch.equal(_weights(tmp_path / "split")[key], value), key
+    resumed = _weights(tmp_path / "split")
+    for key, value in given.items():
+        assert torch.equal(resumed[key], value), key
     with pytest.raises(ValueError, match="memory_budget"):
         train(_cfg(memory_budget="64", steps=3), tmp_path / "split", resume=True)
     with pytest.raises(ValueError, match="not both"):
