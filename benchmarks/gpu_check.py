@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import subprocess
 import sys
@@ -98,13 +99,19 @@ def _relative_gap(device_value: torch.Tensor, cpu_value: torch.Tensor) -> float:
     return float((device_value.float().cpu() - cpu_value).abs().max()) / scale
 
 
+@functools.cache
+def _memory_table() -> dict:
+    """The committed memory table (:func:`benchmarks.gpu_memory.read_table`), read once."""
+    return read_table(MEMORY_TABLE) if MEMORY_TABLE.exists() else {}
+
+
 def micro_batches(
     arch: str, model_name: str, objective: str, batch: int, device: torch.device
 ) -> int:
     """The micro-batches per step of ``batch`` that fit ``device`` by the committed memory
     table (1 where it has no row of ``arch``). A model the table leaves out takes the row of
-    discrete NDM for a discrete one (no dF/dt), else of NDM itself (the most memory)."""
-    table = read_table(MEMORY_TABLE) if MEMORY_TABLE.exists() else {}
+    NDM with the same objective, whose unchecked learned F takes the most memory."""
+    table = _memory_table()
     key = (arch, model_name, objective)
     if key not in table:
         key = (arch, "NDM", objective)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import environment, markdown_table, report
+from benchmarks.harness import environment, markdown_cells, markdown_table, report
 from benchmarks.step_time import MODELS, build, peak_memory
 from ndm.data.host_memory import GIB, available_bytes
 from ndm.runs.memory import HEADROOM, micro_batches_to_fit
@@ -127,7 +127,7 @@ def _rows(path: Path) -> dict[tuple[str, str, str], list[str]]:
     """The rows of a table written by this module, by ``(preset, model, objective)``."""
     rows = {}
     for line in Path(path).read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = markdown_cells(line)
         if len(cells) == len(HEADER) and cells[0] in PRESETS:
             rows[(cells[0], cells[1], cells[2])] = cells
     return rows

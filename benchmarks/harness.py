@@ -38,6 +38,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> l
     return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
 
 
+def markdown_cells(line: str) -> list[str]:
+    """The cells of one line of a markdown table (the inverse of :func:`markdown_table`)."""
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
 def report(text: str, out: Path | str | None) -> None:
     """Print ``text`` and, when ``out`` is given, write it there (folders created)."""
     print(text, flush=True)

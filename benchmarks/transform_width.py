@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import markdown_table, report
+from benchmarks.harness import markdown_cells, markdown_table, report
 from benchmarks.step_time import CASES, step_table
 
 LEAD_TABLE = Path(__file__).parent / "results" / "fashion_mnist_width.md"
@@ -29,11 +29,11 @@ def paired_leads(path: Path) -> dict[str, str]:
     """The paired ``NLL, NELBO`` differences against DDPM of each ``T = 10`` model of a
     Fashion-MNIST table, by model name."""
     lines = [line for line in path.read_text().splitlines() if line.startswith("| ")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    header = markdown_cells(lines[0])
     column = next(i for i, name in enumerate(header) if name.startswith("paired"))
     leads = {}
     for line in lines[2:]:
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        cells = markdown_cells(line)
         if len(cells) == len(header) and cells[0] == "10" and cells[column]:
             leads[cells[1]] = cells[column].removesuffix(" (DDPM)")
     return leads
@@ -47,8 +47,7 @@ def main() -> None:
     options = Namespace(objectives=["discrete"], repeats=args.repeats, precision="fp32",
                         compile=False, models=list(WIDTHS), skip=[], only=["cpu16"])  # fmt: skip
     steps = step_table(options, torch.device("cpu"), CASES)
-    header = [cell.strip() for cell in steps[0].strip("|").split("|")]
-    cells = [cell.strip() for cell in steps[-1].strip("|").split("|")]
+    header, cells = markdown_cells(steps[0]), markdown_cells(steps[-1])
     leads = paired_leads(LEAD_TABLE)
     rows = [
         [width, leads[name], cells[header.index(f"{name} / DDPM")],

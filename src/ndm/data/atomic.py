@@ -24,11 +24,12 @@ TEMPORARY_SUFFIX = ".ndm-tmp"
 FULL = 1 << 20
 
 
-def _new_file_mode() -> int:
-    """``0o666`` less the process's umask: the mode ``open`` gives a new file."""
+def creation_mode(base: int = 0o666) -> int:
+    """``base`` less the process's umask: the mode ``open`` (``0o666``) or ``mkdir``
+    (``0o777``) gives what it creates."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return base & ~umask
 
 
 def _disk_full(error: BaseException, folder: Path) -> bool:
@@ -53,7 +54,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(tmp, _new_file_mode())
+        os.chmod(tmp, creation_mode())
         os.replace(tmp, path)
     except BaseException as error:
         full = _disk_full(error, path.parent)

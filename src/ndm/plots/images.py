@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from ndm.analysis.diagnostics import transform_displacement
-from ndm.data.atomic import atomic_write
 from ndm.models.ndm import NDM
+from ndm.plots.figures import save_figure
+
+DPI = 100
 
 TIMES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -35,13 +36,6 @@ def _pixels(grid: Tensor) -> Tensor:
     return grid.squeeze(-1) if grid.shape[-1] == 1 else grid
 
 
-def _save(fig: Figure, path: str | Path) -> None:
-    """Write ``fig`` to ``path`` (its format from the suffix), aside and renamed into place."""
-    FigureCanvasAgg(fig)
-    form = Path(path).suffix.lstrip(".") or "png"
-    atomic_write(path, lambda file: fig.savefig(file, format=form, dpi=100, bbox_inches="tight"))
-
-
 def _show(
     grid: Tensor, path: str | Path, title: str, scale: tuple[float, float] | None = None
 ) -> None:
@@ -56,7 +50,7 @@ def _show(
         bar = fig.colorbar(shown, ax=ax, fraction=0.04, ticks=[0, 0.5, 1])
         low, high = scale
         bar.ax.set_yticklabels([f"{low:.2f}", f"{(low + high) / 2:.2f}", f"{high:.2f}"])
-    _save(fig, path)
+    save_figure(fig, path, DPI)
 
 
 def plot_image_samples(
@@ -73,7 +67,7 @@ def plot_image_samples(
         ax.imshow(_pixels(grid).numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(title)
         ax.axis("off")
-    _save(fig, path)
+    save_figure(fig, path, DPI)
 
 
 @torch.no_grad()

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from ndm.analysis.diagnostics import transform_displacement
-from ndm.data.atomic import atomic_write
 from ndm.models.ndm import NDM
+from ndm.plots.figures import save_figure
+
+DPI = 120
 
 POINT = {"s": 1.0, "alpha": 0.5, "linewidths": 0}
 
@@ -35,13 +36,6 @@ def _style(ax: Axes, title: str, limits: tuple[float, float]) -> None:
     ax.grid(alpha=0.2)
 
 
-def _save(fig: Figure, path: str | Path) -> None:
-    """Write ``fig`` to ``path`` (its format from the suffix), aside and renamed into place."""
-    FigureCanvasAgg(fig)
-    form = Path(path).suffix.lstrip(".") or "png"
-    atomic_write(path, lambda file: fig.savefig(file, format=form, dpi=120, bbox_inches="tight"))
-
-
 def plot_samples(samples: Tensor, data: Tensor, path: str | Path, caption: str = "") -> None:
     """Model samples beside data points (both ``[N, 2]``), on the data's limits; ``caption``
     (the sampler, its steps and NFE) titles the samples."""
@@ -53,7 +47,7 @@ def plot_samples(samples: Tensor, data: Tensor, path: str | Path, caption: str =
         shown = ((xy >= limits[0]) & (xy <= limits[1])).all(dim=1).float().mean()
         ax.scatter(xy[:, 0], xy[:, 1], **POINT)
         _style(ax, f"{name} ({len(xy)}, {shown:.0%} in view)", limits)
-    _save(fig, path)
+    save_figure(fig, path, DPI)
 
 
 def grid_cells(points: Tensor, per_axis: int = 4) -> Tensor:
@@ -91,7 +85,7 @@ def plot_transform(
         _style(ax, f"F(x, t={t:g}), moved {r:.2g}", limits)
     fig.colorbar(shown, ax=list(axes), fraction=0.02, ticks=range(0, 16, 3),
                  label="cell of x (4 x 4 grid)")  # fmt: skip
-    _save(fig, path)
+    save_figure(fig, path, DPI)
 
 
 def plot_trajectories(
@@ -110,4 +104,4 @@ def plot_trajectories(
     ax.scatter(paths[-1, :, 0], paths[-1, :, 1], color="tab:red", label="sample (t = 0)", **ends)
     ax.legend(loc="upper right", fontsize=8)
     _style(ax, f"ODE paths ({paths.shape[1]})", limits)
-    _save(fig, path)
+    save_figure(fig, path, DPI)

@@ -176,6 +176,13 @@ def build_run_model(
     return model
 
 
+def mlp_weights(cfg: ModelConfig) -> int:
+    """About how many weights the MLPs of ``cfg`` hold: ``depth * hidden^2`` in the hidden
+    layers of the predictor's, and of a learned or separable transform's."""
+    networks = 2 if cfg.transform in ("learned", "separable") else 1
+    return networks * cfg.depth * cfg.hidden**2
+
+
 def apply_checkpointing(model: NDM, what: str) -> None:
     """Make ``model``'s networks checkpoint as ``what`` (one of
     :data:`~ndm.nets.checkpointing.CHECKPOINTING`) asks."""

@@ -21,11 +21,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from ndm.data.atomic import TEMPORARY_SUFFIX, atomic_write
+from ndm.data.atomic import TEMPORARY_SUFFIX, atomic_write, creation_mode
 from ndm.data.loading import is_image_dataset
 from ndm.models.latent import LatentNDM
 from ndm.models.ndm import NDM
-from ndm.runs.builders import build_run_model
+from ndm.runs.builders import build_run_model, mlp_weights
 from ndm.runs.checkpoint import save_json
 from ndm.runs.config import RunConfig, config_from_record, config_to_dict
 from ndm.runs.distributed import resolve_device
@@ -67,7 +67,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     try:
         atomic_write(building / WEIGHTS, lambda file: file.write(save(weights)))
         save_json(building / DESCRIPTION, description)
-        os.chmod(building, 0o777 & ~_umask())
+        os.chmod(building, creation_mode(0o777))
         try:
             os.rename(building, out_dir)  # onto nothing, or an empty folder; never a full one
         except OSError as error:
@@ -79,12 +79,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return out_dir / WEIGHTS
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def _require_free(out_dir: Path) -> None:
@@ -163,8 +157,7 @@ def _check_size(cfg: RunConfig, header: dict) -> None:
     if cfg.model.architecture not in ("auto", "mlp") or is_image_dataset(cfg.data.dataset):
         return
     held = sum(math.prod(shape) for shape, _ in header.values())
-    networks = 2 if cfg.model.transform in ("learned", "separable") else 1
-    described = networks * cfg.model.depth * cfg.model.hidden**2
+    described = mlp_weights(cfg.model)
     if described > 2 * held + 10**6:
         raise ValueError(
             f"{DESCRIPTION} describes an MLP of about {described} weights; {WEIGHTS} holds {held}"

@@ -130,7 +130,7 @@ def data_digest(cfg: RunConfig, splits: Splits) -> str | None:
     for x in (splits.train, splits.test):
         part = x[:DIGEST_IMAGES] if splits.is_image else x
         digest.update(str(tuple(x.shape)).encode())
-        digest.update(torch.as_tensor(part).contiguous().numpy().tobytes())
+        digest.update(part.contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

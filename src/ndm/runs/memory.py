@@ -23,8 +23,10 @@ from torch import Tensor, nn
 
 from ndm.data.host_memory import GIB, require_memory
 from ndm.data.loading import Splits, model_input
+from ndm.runs.builders import mlp_weights
 from ndm.runs.config import NO_BUDGET, RunConfig
 from ndm.runs.distributed import Distributed
+from ndm.runs.inputs import micro_batch_size
 
 #: The share of the budget a step is planned to use; the rest is left to the allocator's
 #: fragmentation and to buffers no probe sees (cuDNN workspaces, DDP's gradient buckets).
@@ -36,12 +38,11 @@ def check_host_memory(cfg: RunConfig, splits: Splits, place: Distributed) -> Non
     with its indices, and an MLP's training state (its ``depth`` hidden layers of
     ``hidden^2`` weights, for the predictor and a learned transform; 5 x their bytes). The
     U-Net presets have fixed sizes."""
-    size = cfg.train.batch_size // (place.world_size * cfg.train.grad_accum)
+    size = micro_batch_size(cfg, place)
     require_memory(f"a micro-batch of {size}", size * (8 + 4 * math.prod(splits.shape)))
     if splits.is_image or cfg.model.architecture not in ("auto", "mlp"):
         return
-    networks = 2 if cfg.model.transform in ("learned", "separable") else 1
-    weights = networks * max(cfg.model.depth, 1) * cfg.model.hidden**2
+    weights = mlp_weights(cfg.model)
     require_memory(f"an MLP of {cfg.model.hidden} hidden units (training state)", 5 * 4 * weights)
 
 

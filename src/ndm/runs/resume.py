@@ -111,8 +111,7 @@ def checkpoint_to_resume(
     the run's ``config.json``, and ``cfg`` with the micro-batches its budget chose
     (:func:`with_chosen_micro_batches`); ``digest``: that of the run's data
     (:func:`ndm.runs.inputs.data_digest`), which must be that it began on. ``None`` for
-    a new run, which refuses a folder
-    that already holds a checkpoint."""
+    a new run, which refuses a folder that already holds a checkpoint."""
     path = run_dir / CHECKPOINT
     if not resume:
         if path.exists():

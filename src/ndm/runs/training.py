@@ -86,9 +86,10 @@ def train(
     :data:`~ndm.runs.resume.RESUMABLE_SETTINGS` and the evaluation settings may change);
     without it, a run folder that already holds a checkpoint is refused, and so is a folder
     another process is training in. With ``cfg.train.memory_budget``, a new run measures
-    its step and chooses ``grad_accum`` before the first one (:mod:`ndm.runs.memory`). Paths in the config are stored resolved. Bad data and
-    options and refused runs raise before anything is written; a non-finite loss or
-    gradient raises ``FloatingPointError`` and leaves the last checkpoint as it was.
+    its step and chooses ``grad_accum`` before the first one (:mod:`ndm.runs.memory`).
+    Paths in the config are stored resolved. Bad data and options and refused runs raise
+    before anything is written; a non-finite loss or gradient raises ``FloatingPointError``
+    and leaves the last checkpoint as it was.
     ``SIGTERM`` or ``SIGINT`` stops the run after the current step with a checkpoint of it
     (:class:`ndm.runs.guard.RunStopped`). Under ``torchrun`` every process calls this.
     """
@@ -110,7 +111,7 @@ def train(
     with contextlib.ExitStack() as guard:
         loggers = _open_run_folder(guard, run_dir, cfg, splits, state.step, place, keep_points)
         stop = guard.enter_context(StopSignals())
-        _run_steps(cfg, splits, run_dir, place, state, loggers, stop)
+        _run_steps(cfg, splits, digest, run_dir, place, state, loggers, stop)
     return state.ema.module
 
 
@@ -152,12 +153,13 @@ def _open_run_folder(
     return loggers
 
 
-def _save(run_dir: Path, cfg: RunConfig, splits: Splits, state: TrainState) -> None:
-    """Write the checkpoint: the config, the data's shape and digest
-    beside the state."""
+def _save(
+    run_dir: Path, cfg: RunConfig, splits: Splits, digest: str | None, state: TrainState
+) -> None:
+    """Write the checkpoint: the config, the data's shape and ``digest``
+    (:func:`~ndm.runs.inputs.data_digest`) beside the state."""
     record = {"config": config_to_dict(cfg), "shape": list(splits.shape)}
-    record["num_levels"] = splits.num_levels
-    record["data_digest"] = data_digest(cfg, splits)
+    record |= {"num_levels": splits.num_levels, "data_digest": digest}
     save_checkpoint(run_dir / CHECKPOINT, record | state.state_dict())
 
 
@@ -188,6 +190,7 @@ def _shown(line: dict[str, float]) -> dict[str, str]:
 def _run_steps(
     cfg: RunConfig,
     splits: Splits,
+    digest: str | None,
     run_dir: Path,
     place: Distributed,
     state: TrainState,
@@ -195,8 +198,8 @@ def _run_steps(
     stop: StopSignals,
 ) -> None:
     """Train from ``state.step`` to ``cfg.train.steps``: log every ``log_every`` steps,
-    checkpoint every ``checkpoint_every`` steps and at the end, and stop with a checkpoint
-    when a signal arrives."""
+    checkpoint every ``checkpoint_every`` steps and at the end (with the data's ``digest``),
+    and stop with a checkpoint when a signal arrives."""
     t = cfg.train
     latent = isinstance(state.model, LatentNDM)
     # a latent run leaves the NDM (first stage) or the autoencoder (two_stage) without gradients
@@ -241,11 +244,11 @@ def _run_steps(
         elif place.is_main:
             progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
         if place.is_main and (step % t.checkpoint_every == 0 or step == t.steps):
-            _save(run_dir, cfg, splits, state)
+            _save(run_dir, cfg, splits, digest, state)
             last_saved = step
         if stop.signum is not None:
             if place.is_main and last_saved != step:
-                _save(run_dir, cfg, splits, state)
+                _save(run_dir, cfg, splits, digest, state)
             progress.close()
             raise RunStopped(stop.signum, step, run_dir / CHECKPOINT if place.is_main else None)
     progress.close()
