@@ -3,6 +3,8 @@ measure, and a budgeted run that takes the same steps as one given that ``grad_a
 records it and resumes with it."""
 
 import math
+import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -100,3 +102,14 @@ def test_budgeted_run_takes_the_steps_of_its_grad_accum_and_resumes_with_it(tmp_
         train(_cfg(memory_budget="64", steps=3), tmp_path / "split", resume=True)
     with pytest.raises(ValueError, match="not both"):
         train(_cfg(memory_budget=budget, grad_accum=2), tmp_path / "both")
+
+
+def test_probes_of_a_jvp_transform_keep_its_derivative():
+    cfg = replace(_cfg(), model=ModelConfig(architecture="cpu8", objective="continuous"))
+    splits = load_data(cfg.data)
+    state = TrainState.create(cfg, splits.shape, splits.num_levels, torch.device("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no fall back from jvp to double backward
+        at_one, at_two = probe_bytes(cfg, state.model, splits, torch.device("cpu"))
+    assert 0 < at_one < at_two
+    assert not state.model.process.transform._no_forward_mode

@@ -72,13 +72,18 @@ def state_bytes(model: nn.Module, ema: nn.Module) -> int:
 @contextlib.contextmanager
 def _saved_storages(model: nn.Module, sizes: dict[int, int]) -> Iterator[None]:
     """Record in ``sizes`` (storage address: bytes) each storage autograd saves for the
-    backward pass, but the parameters'."""
+    backward pass, but the parameters'; a tensor without a storage of its own (one of
+    ``torch.func``'s wrappers inside ``jvp``) by its own bytes, keyed by its identity."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
     def pack(t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            sizes[storage.data_ptr()] = storage.nbytes()
+        try:
+            storage = t.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+        except RuntimeError:  # raising here would make jvp fall back to double backward
+            key, size = id(t), t.numel() * t.element_size()
+        if key not in params:
+            sizes[key] = size
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
