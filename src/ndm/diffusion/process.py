@@ -22,7 +22,9 @@ In continuous time, with ``nu = lambda * gamma`` (``lambda = 1``: reverse SDE,
                = alpha' F + alpha dF/dt + (sigma' + g^2 / (2 sigma)) eps',
 
 with ``s = (alpha F - z) / sigma^2``, ``eps' = (z - alpha F) / sigma`` and ``g^2 = lambda gamma' sigma^2``.
-The second form never divides by ``alpha`` and is the one evaluated.
+The second form never divides by ``alpha``. It is the reverse drift of
+:mod:`ndm.diffusion.gaussian` for the path ``mu = alpha F``, ``sigma = sigma_t``
+(:meth:`NeuralDiffusion.path`), which is how it is evaluated.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ndm.diffusion.gaussian import GaussianPath, reverse_drift, standard_normal_kl
 from ndm.diffusion.schedules import Schedule, ScheduleValues
 from ndm.diffusion.transforms import Transform, per_example
 
@@ -88,12 +91,39 @@ class NeuralDiffusion(nn.Module):
         gain = per_example(sched_s.alpha - c * sched_t.alpha, like)
         return var_tilde + gain**2 * variance
 
+    def path(
+        self, x: Tensor, t: Tensor, transformed: tuple[Tensor, Tensor] | None = None
+    ) -> GaussianPath:
+        """``q(z_t | x)`` with its time derivatives: ``mu = alpha F``, ``sigma = sigma_t``,
+        ``dmu/dt = alpha' F + alpha dF/dt``; ``transformed = (F(x, t), dF/dt(x, t))`` if the
+        caller has them."""
+        sched = self.schedule(t)
+        f, df_dt = self.transform(x, t) if transformed is None else transformed
+        return schedule_path(sched, f, df_dt)
+
+    def g2(self, t: Tensor) -> Tensor:
+        """The volatility ``g^2 = gamma' sigma^2`` of the Markovian choice ``nu = gamma``, ``[B]``."""
+        return self.schedule(t).g2
+
+    def data_end(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha_0, sigma_0)``, each ``[B]``: ``q(z_0 | x) = N(alpha_0 x, sigma_0^2 I)``
+        (``F(x, 0) = x``) for ``like [B, ...]``."""
+        zero = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
+        sched = self.schedule(zero)
+        return sched.alpha, sched.sigma
+
+    def evaluate(self, x: Tensor, t: Tensor) -> tuple[GaussianPath, Tensor]:
+        """``(path at t, prior KL [B])``: ``F(x, .)`` and ``dF/dt`` at ``t`` and ``F(x, 1)``
+        in one call of the transform."""
+        fx, dfx, (fx_1,) = self.transform.evaluate(x, t, [torch.ones_like(t)])
+        return self.path(x, t, (fx, dfx)), self.prior_kl(x, fx_1)
+
     def drift(self, z: Tensor, x_prime: Tensor, t: Tensor, stochastic: bool = True) -> Tensor:
         """Reverse-time drift ``f(z, x', t)``: the SDE one (``nu = gamma``) or, if not
         ``stochastic``, the ODE one (``nu`` constant). Shape of ``z``."""
         sched = self.schedule(t)
         f, df_dt = self.transform(x_prime, t)
-        return drift_from_transform(sched, z, f, df_dt, stochastic)
+        return reverse_drift(schedule_path(sched, f, df_dt), z, sched.g2 if stochastic else 0.0)
 
     def prior_kl(self, x: Tensor, f_1: Tensor | None = None) -> Tensor:
         """``KL(N(alpha_1 F(x, 1), sigma_1^2 I) || N(0, I))`` per example, ``[B]``, in nats;
@@ -101,18 +131,13 @@ class NeuralDiffusion(nn.Module):
         one = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
         sched = self.schedule(one)
         f_1 = self.transform.value(x, one) if f_1 is None else f_1
-        mean = per_example(sched.alpha, x) * f_1
-        var = sched.sigma**2
-        dims = x[0].numel()
-        return 0.5 * (mean.flatten(1).pow(2).sum(1) + dims * (var - 1 - var.log()))
+        return standard_normal_kl(per_example(sched.alpha, x) * f_1, per_example(sched.sigma, x))
 
 
-def drift_from_transform(
-    sched: ScheduleValues, z: Tensor, f: Tensor, df_dt: Tensor, stochastic: bool
-) -> Tensor:
-    """``f = alpha' F + alpha dF/dt + (sigma' + g^2 / (2 sigma)) (z - alpha F) / sigma``."""
+def schedule_path(sched: ScheduleValues, f: Tensor, df_dt: Tensor) -> GaussianPath:
+    """The path of ``N(alpha_t F, sigma_t^2 I)`` from the schedule at ``t`` and ``F``,
+    ``dF/dt`` (``[B, ...]``)."""
     alpha, d_alpha, sigma, d_sigma = (
-        per_example(v, z) for v in (sched.alpha, sched.d_alpha, sched.sigma, sched.d_sigma)
+        per_example(v, f) for v in (sched.alpha, sched.d_alpha, sched.sigma, sched.d_sigma)
     )
-    noise_coef = d_sigma + (0.5 * per_example(sched.d_gamma, z) * sigma if stochastic else 0.0)
-    return d_alpha * f + alpha * df_dt + noise_coef * (z - alpha * f) / sigma
+    return GaussianPath(alpha * f, sigma, d_alpha * f + alpha * df_dt, d_sigma)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ndm.diffusion.decoders import Decoder, GaussianDecoder
+from ndm.diffusion.flow import ForwardProcess
 from ndm.diffusion.predictors import Predictor
 from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.timesampling import DEFAULT_TIME_SAMPLING
@@ -78,7 +79,7 @@ class _AugmentedDrift(torch.nn.Module):
 
 
 def ode_nll(
-    process: NeuralDiffusion,
+    process: ForwardProcess,
     predictor: Predictor,
     x: Tensor,
     *,
@@ -101,7 +102,7 @@ def ode_nll(
             f"num_probes and num_steps must be positive, got {num_probes}, {num_steps}"
         )
     zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    alpha0 = process.schedule(zero).alpha
+    alpha0, _ = process.data_end(x)
     z0 = per_example(alpha0, x) * x
     dims = x[0].numel()
     grid = torch.linspace(0.0, 1.0, num_steps + 1, dtype=x.dtype, device=x.device)
@@ -165,7 +166,7 @@ def discrete_nelbo(
 
 
 def continuous_nelbo(
-    process: NeuralDiffusion,
+    process: ForwardProcess,
     predictor: Predictor,
     x: Tensor,
     num_time_samples: int = 64,

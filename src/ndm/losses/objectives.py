@@ -14,11 +14,13 @@ step per example. Continuous time (eq. 11 with the sign and the ``1/2`` of math.
 
     L_diff = E_{t ~ p(t)} || f(z_t, x, t) - f(z_t, x_hat, t) ||^2 / (2 g^2(t) p(t))
 
-with the reverse SDE drift ``f`` of :mod:`ndm.diffusion.process` and ``nu = gamma``.
+with the reverse SDE drift ``f`` of :mod:`ndm.diffusion.gaussian`: NDM's (``nu = gamma``) or
+an NFDM's (:mod:`ndm.diffusion.flow`), which takes the continuous objective only.
 
-An optional penalty, not part of the NELBO: the kinetic energy of the probability-flow
-velocity ``v(z, t) = f(z, x_hat(z, t), t)`` (``nu`` constant) along the forward marginals,
-``E_{t ~ U[0, 1]} E_{z_t ~ q(z_t | x)} ||v(z_t, t)||^2``.
+Optional penalties, not part of the NELBO, on the probability-flow velocity
+``v(z, t) = f(z, x_hat(z, t), t)`` (``g = 0``) along the forward marginals: its kinetic
+energy ``E_{t ~ U[0, 1]} E_{z_t ~ q(z_t | x)} ||v(z_t, t)||^2``, and its squared
+acceleration ``E ||dv/dt||^2`` (NFDM-OT's curvature penalty).
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ import torch
 from torch import Tensor
 
 from ndm.diffusion.decoders import Decoder, GaussianDecoder
+from ndm.diffusion.flow import ForwardProcess
+from ndm.diffusion.gaussian import GaussianPath, drift_matching
 from ndm.diffusion.predictors import Predictor, predict
-from ndm.diffusion.process import NeuralDiffusion, drift_from_transform
+from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.timesampling import DEFAULT_TIME_SAMPLING, sample_times
 from ndm.diffusion.transforms import per_example
 
@@ -58,20 +62,20 @@ class LossTerms:
 
 
 def reconstruction_nll(
-    process: NeuralDiffusion,
+    process: ForwardProcess,
     x: Tensor,
     decoder: Decoder,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """``-log p(x | z_0)`` with ``z_0 ~ q(z_0 | x) = N(alpha_0 x, sigma_0^2 I)``, ``[B]``.
 
-    ``F(x, 0) = x`` holds by construction, so the transform is not evaluated.
+    The boundary conditions (``F(x, 0) = x``; an NFDM's ``mu(x, 0) = x``) hold by
+    construction, so no network is evaluated.
     """
-    zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    sched = process.schedule(zero)
-    z0 = per_example(sched.alpha, x) * x + per_example(sched.sigma, x) * noise
-    return decoder.nll(x, z0, sched.alpha, sched.sigma)
+    alpha0, sigma0 = process.data_end(x)
+    z0 = per_example(alpha0, x) * x + per_example(sigma0, x) * noise
+    return decoder.nll(x, z0, alpha0, sigma0)
 
 
 def normal_kl(mean_gap: Tensor, var_q: Tensor, var_p: Tensor) -> Tensor:
@@ -133,28 +137,24 @@ def discrete_nelbo_terms(
 
 
 def continuous_diffusion_integrand(
-    process: NeuralDiffusion,
+    process: ForwardProcess,
     predictor: Predictor,
     x: Tensor,
     t: Tensor,
     noise: Tensor,
-    transformed: tuple[Tensor, Tensor] | None = None,
+    path: GaussianPath | None = None,
 ) -> Tensor:
-    """``|| f(z_t, x, t) - f(z_t, x_hat, t) ||^2 / (2 g^2(t))`` per example, ``[B]``;
-    ``transformed = (F(x, t), dF/dt(x, t))`` if the caller has them."""
-    sched = process.schedule(t)
-    fx, dfx = process.transform(x, t) if transformed is None else transformed
-    z_t = per_example(sched.alpha, x) * fx + per_example(sched.sigma, x) * noise
+    """``|| f~(z_t, x, t) - f~(z_t, x_hat, t) ||^2 / (2 g^2(t))`` per example, ``[B]``, with
+    ``z_t = mu(x, t) + sigma(x, t) noise`` (:func:`ndm.diffusion.gaussian.drift_matching`);
+    ``path = process.path(x, t)`` if the caller has it."""
+    path = process.path(x, t) if path is None else path
+    z_t = path.sample(noise)
     x_hat = predictor(z_t, t)
-    fh, dfh = process.transform(x_hat, t)
-    drift_gap = drift_from_transform(sched, z_t, fx, dfx, True) - drift_from_transform(
-        sched, z_t, fh, dfh, True
-    )
-    return drift_gap.flatten(1).pow(2).sum(1) / (2 * sched.g2)
+    return drift_matching(path, process.path(x_hat, t), z_t, process.g2(t))
 
 
 def continuous_nelbo_terms(
-    process: NeuralDiffusion,
+    process: ForwardProcess,
     predictor: Predictor,
     x: Tensor,
     time_sampling: str = DEFAULT_TIME_SAMPLING,
@@ -164,21 +164,21 @@ def continuous_nelbo_terms(
 ) -> LossTerms:
     """Continuous-time NELBO with one time per example drawn by ``time_sampling`` (the
     ``u``-quantile of ``p(t)`` if ``u [B]`` is given, see :func:`ndm.diffusion.timesampling.sample_times`)
-    and the integrand divided by ``p(t)``. ``F(x, .)`` and ``dF/dt`` at ``t`` and ``F(x, 1)``
-    (the prior's) are asked for in one call."""
+    and the integrand divided by ``p(t)``. The path of ``x`` at ``t`` and the prior term
+    come from one call of the process (:meth:`~ndm.diffusion.process.NeuralDiffusion.evaluate`)."""
     t, density = sample_times(process.schedule, x.shape[0], time_sampling, x, generator, u=u)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    fx, dfx, (fx_1,) = process.transform.evaluate(x, t, [torch.ones_like(t)])
-    integrand = continuous_diffusion_integrand(process, predictor, x, t, noise, (fx, dfx))
+    path, prior = process.evaluate(x, t)
+    integrand = continuous_diffusion_integrand(process, predictor, x, t, noise, path)
     return LossTerms(
-        process.prior_kl(x, fx_1),
+        prior,
         integrand / density,
         reconstruction_nll(process, x, decoder or GaussianDecoder(), generator),
     )
 
 
 def kinetic_energy_penalty(
-    process: NeuralDiffusion,
+    process: ForwardProcess,
     predictor: Predictor,
     x: Tensor,
     generator: torch.Generator | None = None,
@@ -191,6 +191,31 @@ def kinetic_energy_penalty(
     z_t, _ = process.marginal(x, t, noise)
     velocity = process.drift(z_t, predictor(z_t, t), t, stochastic=False)
     return velocity.flatten(1).pow(2).sum(1)
+
+
+def straightness_penalty(
+    process: ForwardProcess,
+    predictor: Predictor,
+    x: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``|| dv/dt ||^2`` per example ``[B]`` at one ``t ~ U[0, 1]`` and ``z_t ~ q(z_t | x)``:
+    the squared acceleration of the model's probability-flow ODE
+    ``dz/dt = v(z, t) = f_ode(z, x_hat(z, t), t)`` along its own trajectory,
+    ``dv/dt = dv/dt|_z + (dv/dz) v``, from one ``torch.func.jvp`` in ``(z, t)`` with tangent
+    ``(v, 1)``. Zero exactly when the generative paths are straight lines travelled at
+    constant speed (NFDM-OT's curvature penalty). Its gradient reaches the predictor and
+    the forward process."""
+    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    z_t, _ = process.marginal(x, t, noise)
+
+    def velocity(z: Tensor, time: Tensor) -> Tensor:
+        return process.drift(z, predictor(z, time), time, stochastic=False)
+
+    v = velocity(z_t, t)
+    _, acceleration = torch.func.jvp(velocity, (z_t, t), (v, torch.ones_like(t)))
+    return acceleration.flatten(1).pow(2).sum(1)
 
 
 def simple_noise_loss(

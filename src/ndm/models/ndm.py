@@ -14,8 +14,8 @@ from torch import Tensor, nn
 from ndm.data.images import dequantise
 from ndm.data.images import quantise as quantise_levels
 from ndm.diffusion.decoders import Decoder, GaussianDecoder
+from ndm.diffusion.flow import FlowDiffusion, ForwardProcess
 from ndm.diffusion.predictors import Predictor
-from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS
 from ndm.losses.likelihood import (
     bits_per_dim,
@@ -30,6 +30,7 @@ from ndm.losses.objectives import (
     discrete_nelbo_terms,
     kinetic_energy_penalty,
     simple_noise_loss,
+    straightness_penalty,
 )
 from ndm.sampling.samplers import SampleResult, get_sampler, time_grid
 
@@ -37,13 +38,17 @@ OBJECTIVES = ("continuous", "discrete", "simple")
 
 
 class NDM(nn.Module):
-    """Neural Diffusion Model.
+    """Neural Diffusion Model, or with a :class:`~ndm.diffusion.flow.FlowDiffusion` process
+    a Neural Flow Diffusion Model (NFDM).
 
     ``objective``: ``"continuous"`` (eq. 11, time drawn by ``time_sampling``), ``"discrete"``
-    (eq. 9-10 with ``num_steps`` steps) or ``"simple"`` (noise loss, fixed transforms only).
+    (eq. 9-10 with ``num_steps`` steps) or ``"simple"`` (noise loss, fixed transforms only);
+    an NFDM trains with ``"continuous"``.
     ``kinetic_weight`` ``lambda >= 0`` adds ``lambda E_t ||v(z_t, t)||^2``, the kinetic energy
     of the probability-flow velocity (:func:`ndm.losses.objectives.kinetic_energy_penalty`), to the
-    training loss; the NELBO terms and :meth:`nelbo` do not include it. ``num_levels``
+    training loss, and ``straightness_weight`` likewise its squared acceleration
+    (:func:`ndm.losses.objectives.straightness_penalty`; NFDM-OT's penalty); the NELBO terms
+    and :meth:`nelbo` include neither. ``num_levels``
     (``L``, images only) makes it a model of ``L``-level images in ``[-1, 1]``: data outside
     that range is refused, samples are quantised to the levels' bin centres, and
     :meth:`image_bits_per_dim` scores integer levels. The methods taking data refuse a batch
@@ -52,7 +57,7 @@ class NDM(nn.Module):
 
     def __init__(
         self,
-        process: NeuralDiffusion,
+        process: ForwardProcess,
         predictor: Predictor,
         objective: str = "continuous",
         num_steps: int = 1000,
@@ -60,10 +65,18 @@ class NDM(nn.Module):
         decoder: Decoder | None = None,
         kinetic_weight: float = 0.0,
         num_levels: int | None = None,
+        straightness_weight: float = 0.0,
     ):
         super().__init__()
-        if kinetic_weight < 0:
-            raise ValueError(f"kinetic_weight must be non-negative, got {kinetic_weight}")
+        if kinetic_weight < 0 or straightness_weight < 0:
+            raise ValueError(
+                "kinetic_weight and straightness_weight must be non-negative, got "
+                f"{kinetic_weight} and {straightness_weight}"
+            )
+        if isinstance(process, FlowDiffusion) and objective != "continuous":
+            raise ValueError(
+                f"an NFDM process trains with objective 'continuous', not {objective!r}"
+            )
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
         if time_sampling not in TIME_SAMPLINGS:
@@ -78,7 +91,7 @@ class NDM(nn.Module):
         self.process, self.predictor = process, predictor
         self.objective, self.num_steps, self.time_sampling = objective, num_steps, time_sampling
         self.decoder = decoder or GaussianDecoder()
-        self.kinetic_weight = kinetic_weight
+        self.kinetic_weight, self.straightness_weight = kinetic_weight, straightness_weight
         self.num_levels = num_levels
 
     def with_num_steps(self, num_steps: int) -> NDM:
@@ -93,6 +106,7 @@ class NDM(nn.Module):
             self.decoder,
             self.kinetic_weight,
             self.num_levels,
+            self.straightness_weight,
         )
 
     def check_data(self, x: Tensor) -> None:
@@ -138,10 +152,11 @@ class NDM(nn.Module):
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Training losses per example ``[B]`` (what DDP wraps): the optimised ``loss``; for
         the NELBO objectives the ``nelbo`` estimate and its ``prior``, ``diffusion`` and
-        ``reconstruction`` terms; with a kinetic weight the ``kinetic`` penalty before
-        weighting, so that ``loss = nelbo + kinetic_weight * kinetic`` (``loss = nelbo``
-        without it). The penalty draws its time and noise from ``generator`` after the
-        objective's draws."""
+        ``reconstruction`` terms; with a kinetic (straightness) weight the ``kinetic``
+        (``straightness``) penalty before weighting, so that
+        ``loss = nelbo + kinetic_weight * kinetic + straightness_weight * straightness``
+        (``loss = nelbo`` without them). The penalties draw their times and noise from
+        ``generator`` after the objective's draws, the kinetic one first."""
         self.check_data(x)
         if self.objective == "simple":
             losses = {"loss": simple_noise_loss(self.process, self.predictor, x, generator)}
@@ -152,11 +167,15 @@ class NDM(nn.Module):
             kinetic = kinetic_energy_penalty(self.process, self.predictor, x, generator)
             losses["loss"] = losses["loss"] + self.kinetic_weight * kinetic
             losses["kinetic"] = kinetic
+        if self.straightness_weight > 0:
+            straightness = straightness_penalty(self.process, self.predictor, x, generator)
+            losses["loss"] = losses["loss"] + self.straightness_weight * straightness
+            losses["straightness"] = straightness
         return losses
 
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Per-example training loss ``[B]``: the NELBO estimate or the simple noise loss,
-        plus ``kinetic_weight`` times the kinetic-energy penalty."""
+        plus the weighted kinetic-energy and straightness penalties."""
         return self(x, generator)["loss"]
 
     def loss_terms(self, x: Tensor, generator: torch.Generator | None = None) -> LossTerms:

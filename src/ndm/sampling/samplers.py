@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
+from ndm.diffusion.flow import ForwardProcess
 from ndm.diffusion.predictors import Predictor, predict
-from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.transforms import per_example
 
 ODE_METHODS = ("dopri5", "euler", "heun", "rk4", "midpoint")
@@ -39,7 +39,7 @@ class SampleResult:
 class Sampler(Protocol):
     def __call__(
         self,
-        process: NeuralDiffusion,
+        process: ForwardProcess,
         predictor: Predictor,
         z: Tensor,
         grid: Tensor,
@@ -83,9 +83,9 @@ def _check_grid(grid: Tensor) -> None:
         raise ValueError("grid must decrease strictly and end at t = 0")
 
 
-def _decode(process: NeuralDiffusion, z0: Tensor) -> Tensor:
-    zero = torch.zeros(z0.shape[0], dtype=z0.dtype, device=z0.device)
-    return z0 / per_example(process.schedule(zero).alpha, z0)
+def _decode(process: ForwardProcess, z0: Tensor) -> Tensor:
+    alpha0, _ = process.data_end(z0)
+    return z0 / per_example(alpha0, z0)
 
 
 def _batch_time(t: Tensor, z: Tensor) -> Tensor:
@@ -143,7 +143,7 @@ def euler_maruyama(process, predictor, z, grid, *, generator=None, trajectory=Fa
     for t_now, t_next in zip(grid[:-1], grid[1:], strict=True):
         t = _batch_time(t_now, z)
         step = t_now - t_next
-        g = process.schedule(t).g2.sqrt()
+        g = process.g2(t).sqrt()
         if not bool(torch.isfinite(g).all()):
             post = process.posterior(z, predictor(z, t), _batch_time(t_next, z), t, 1.0)
             z = post.mean + per_example(post.std, z) * _noise(z, generator)
@@ -159,7 +159,7 @@ def euler_maruyama(process, predictor, z, grid, *, generator=None, trajectory=Fa
 class CountingDrift(torch.nn.Module):
     """ODE right-hand side ``dz/dt = f(z, x_hat(z, t), t)`` (``nu`` constant) counting calls."""
 
-    def __init__(self, process: NeuralDiffusion, predictor: Predictor):
+    def __init__(self, process: ForwardProcess, predictor: Predictor):
         super().__init__()
         self.process, self.predictor, self.nfe = process, predictor, 0
 
