@@ -41,7 +41,7 @@ def transform_displacement(model: NDM, x: Tensor, times: Tensor) -> Tensor:
         raise ValueError("the batch is all zeros: the displacement is relative to ||x||^2")
     moved = []
     for t in times.to(x):
-        fx = model.process.transform.value(x, t.expand(x.shape[0]))
+        fx = model.process.data_transform(x, t.expand(x.shape[0]))
         moved.append((fx - x).square().sum() / scale)
     return torch.stack(moved)
 

@@ -148,6 +148,13 @@ class FlowDiffusion(nn.Module):
         mean, log_std = self.transform.value(x, t).chunk(2, dim=1)
         return mean + log_std.exp() * noise, mean
 
+    def data_transform(self, x: Tensor, t: Tensor) -> Tensor:
+        """``mu(x, t) / alpha_t``, shape of ``x``: the ``F`` an NDM on the reference schedule
+        would need for this mean (``x`` for an untrained NFDM; 0 where ``alpha_t = 0``)."""
+        mean, _ = self.transform.value(x, t).chunk(2, dim=1)
+        alpha = per_example(self.schedule(t).alpha, x)
+        return mean / alpha.clamp_min(torch.finfo(alpha.dtype).tiny)
+
     def prior_kl(self, x: Tensor) -> Tensor:
         """``KL(q(z_1 | x) || N(0, I))`` per example, ``[B]``, in nats (the reference
         schedule's for ``F = x`` with a :class:`MeanScaleTransform`)."""

@@ -60,6 +60,10 @@ class NeuralDiffusion(nn.Module):
         fx = self.transform.value(x, t)
         return per_example(sched.alpha, x) * fx + per_example(sched.sigma, x) * noise, fx
 
+    def data_transform(self, x: Tensor, t: Tensor) -> Tensor:
+        """``F(x, t)``, shape of ``x``: what the process does to the data, before noise."""
+        return self.transform.value(x, t)
+
     def posterior_coefficients(
         self, s: Tensor, t: Tensor, eta: float = 1.0
     ) -> tuple[ScheduleValues, ScheduleValues, Tensor, Tensor]:

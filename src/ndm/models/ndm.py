@@ -68,11 +68,9 @@ class NDM(nn.Module):
         straightness_weight: float = 0.0,
     ):
         super().__init__()
-        if kinetic_weight < 0 or straightness_weight < 0:
-            raise ValueError(
-                "kinetic_weight and straightness_weight must be non-negative, got "
-                f"{kinetic_weight} and {straightness_weight}"
-            )
+        for name, weight in (("kinetic", kinetic_weight), ("straightness", straightness_weight)):
+            if weight < 0:
+                raise ValueError(f"{name}_weight must be non-negative, got {weight}")
         if isinstance(process, FlowDiffusion) and objective != "continuous":
             raise ValueError(
                 f"an NFDM process trains with objective 'continuous', not {objective!r}"

@@ -80,7 +80,7 @@ def plot_image_transform(
     param = next(model.parameters())
     x = images.to(param.device, param.dtype)
     columns = [
-        model.process.transform.value(x, torch.full((x.shape[0],), t, dtype=x.dtype)).cpu()
+        model.process.data_transform(x, torch.full((x.shape[0],), t, dtype=x.dtype)).cpu()
         for t in times
     ]
     tiles = torch.stack(columns, 1).flatten(0, 1)

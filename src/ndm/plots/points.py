@@ -72,7 +72,7 @@ def plot_transform(
     the data to show where it goes; titles give ``E||F(x, t) - x||^2 / E||x||^2``."""
     param = next(model.parameters())
     x = data.to(device=param.device, dtype=param.dtype)
-    images = [model.process.transform.value(x, torch.full_like(x[:, 0], t)).cpu() for t in times]
+    images = [model.process.data_transform(x, torch.full_like(x[:, 0], t)).cpu() for t in times]
     moved = transform_displacement(model, x, torch.tensor(times)).tolist()
     cells = grid_cells(data.detach().float().cpu())
     limits = _limits(*images)

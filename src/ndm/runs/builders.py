@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from ndm.diffusion.blur import BlurTransform
+from ndm.diffusion.flow import FlowDiffusion, ForwardProcess, LearnedVolatility, MeanScaleTransform
 from ndm.diffusion.predictors import Predictor
 from ndm.diffusion.process import NeuralDiffusion
-from ndm.diffusion.schedules import make_schedule
+from ndm.diffusion.schedules import Schedule, make_schedule
 from ndm.diffusion.transforms import (
     IdentityTransform,
     LearnedTransform,
@@ -118,23 +119,48 @@ def build_transform(cfg: ModelConfig, shape: tuple[int, ...]) -> Transform:
     return IdentityTransform()
 
 
+def build_flow_process(
+    cfg: ModelConfig, shape: tuple[int, ...], schedule: Schedule
+) -> FlowDiffusion:
+    """An NFDM process around ``schedule``: the mean and scale from one network of F's
+    settings (width, time scale, derivative) with twice the outputs and its output layer
+    at zero, so that it starts as the schedule's process with ``F = x``, and the volatility
+    learned from the schedule's."""
+    network = build_network(
+        cfg,
+        shape,
+        zero_init_output=True,
+        outputs=2,
+        time_scale=cfg.transform_network_time_scale,
+        width=cfg.transform_width,
+    )
+    transform = MeanScaleTransform(network, schedule, cfg.transform_derivative)
+    return FlowDiffusion(transform, LearnedVolatility(schedule), schedule)
+
+
 def build_model(cfg: ModelConfig, shape: tuple[int, ...], num_levels: int | None = None) -> NDM:
-    """An NDM on continuous examples of ``shape`` (points, or dequantised images with
-    ``num_levels`` levels) with the Gaussian decoder: predictor and transform networks share
-    one architecture and one schedule; with a learned reverse variance the predictor's
-    network has twice the outputs."""
+    """An NDM (or NFDM, ``cfg.process``) on continuous examples of ``shape`` (points, or
+    dequantised images with ``num_levels`` levels) with the Gaussian decoder: predictor and
+    transform networks share one architecture and one schedule; with a learned reverse
+    variance the predictor's network has twice the outputs."""
     schedule = make_schedule(cfg.schedule, learn_endpoints=cfg.schedule_endpoints == "learned")
     variance = cfg.learns_variance
     outputs = 2 if variance else 1
     network = build_network(cfg, shape, False, outputs, cfg.network_time_scale)
+    process: ForwardProcess = (
+        NeuralDiffusion(schedule, build_transform(cfg, shape))
+        if cfg.process == "ndm"
+        else build_flow_process(cfg, shape, schedule)
+    )
     return NDM(
-        NeuralDiffusion(schedule, build_transform(cfg, shape)),
+        process,
         Predictor(network, schedule, cfg.parameterisation, variance),
         objective=cfg.objective,
         num_steps=cfg.num_steps,
         time_sampling=cfg.time_sampling,
         kinetic_weight=cfg.kinetic_weight,
         num_levels=num_levels,
+        straightness_weight=cfg.straightness,
     )
 
 

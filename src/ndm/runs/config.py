@@ -34,6 +34,11 @@ from ndm.nets.unet import UNET_PRESETS
 from ndm.sampling.samplers import SAMPLERS
 
 TRANSFORMS = ("learned", "separable", "identity", "blur")
+#: Forward processes: NDM's ``N(alpha_t F_phi(x, t), sigma_t^2 I)``; NFDM's learned mean,
+#: scale and volatility; NFDM-OT, NFDM with the straightness penalty.
+PROCESSES = ("ndm", "nfdm", "nfdm_ot")
+#: The straightness weight of ``nfdm_ot`` unless one is given.
+NFDM_OT_STRAIGHTNESS = 1.0
 REVERSE_VARIANCES = ("auto", "learned", "posterior")
 ARCHITECTURES = ("auto", "mlp", *UNET_PRESETS)
 PRECISIONS = ("fp32", "bf16")
@@ -139,6 +144,13 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """Forward process, networks and training objective."""
 
+    process: str = _option(
+        "ndm",
+        "forward process: ndm, N(alpha_t F_phi(x, t), sigma_t^2); nfdm, a learned mean, scale "
+        "and volatility (the transform_* settings size its network); nfdm_ot, nfdm with the "
+        "straightness penalty",
+        PROCESSES,
+    )
     transform: str = _option("learned", "data transform F_phi(x, t)", TRANSFORMS)
     transform_derivative: str = _option(
         "jvp",
@@ -219,6 +231,22 @@ class ModelConfig(_Section):
         "probability-flow velocity added to the loss (0: none)",
         check=NON_NEGATIVE,
     )
+    straightness_weight: float | None = _option(
+        None,
+        "weight of the straightness penalty E ||dv/dt||^2, the squared acceleration of the "
+        f"probability-flow velocity along its paths (auto: {NFDM_OT_STRAIGHTNESS:g} for "
+        "process nfdm_ot, else 0)",
+        check=NON_NEGATIVE,
+        kind=float,
+    )
+
+    @property
+    def straightness(self) -> float:
+        """The straightness weight: ``straightness_weight``, or when it is ``None``
+        :data:`NFDM_OT_STRAIGHTNESS` for ``nfdm_ot`` and 0 otherwise."""
+        if self.straightness_weight is not None:
+            return self.straightness_weight
+        return NFDM_OT_STRAIGHTNESS if self.process == "nfdm_ot" else 0.0
 
     @property
     def learns_variance(self) -> bool:
@@ -275,10 +303,29 @@ class ModelConfig(_Section):
                 f"schedule {self.schedule!r} has fixed end points; schedule_endpoints 'learned' "
                 f"needs one of {list(LEARNABLE_ENDPOINTS)}"
             )
+        if self.process != "ndm":
+            self._check_nfdm()
         if self.schedule == "fm_ot" and self.parameterisation == "eps":
             raise ValueError(
                 "schedule 'fm_ot' has alpha_1 = 0, which an eps predictor divides by; "
                 "use parameterisation 'x'"
+            )
+
+    def _check_nfdm(self) -> None:
+        """An NFDM's network is sized by the learned transform's settings, and it trains
+        with the continuous objective."""
+        if self.transform != "learned":
+            raise ValueError(
+                f"process {self.process!r} learns its own mean and scale; transform "
+                f"{self.transform!r} belongs to process 'ndm'"
+            )
+        for name in ("transform_form", "transform_init_scale"):
+            if getattr(self, name) != getattr(type(self), name):
+                raise ValueError(f"{name} shapes NDM's F; process {self.process!r} has none")
+        if self.objective != "continuous":
+            raise ValueError(
+                f"process {self.process!r} trains with objective 'continuous', not "
+                f"{self.objective!r}"
             )
 
 
