@@ -1,0 +1,385 @@
+"""Neural Flow Diffusion Models: the general Gaussian process, its special cases (NDM, DDPM,
+VDM, flow matching), its drift and score, the oracle bound, the likelihood and the command
+line."""
+
+import math
+
+import pytest
+import torch
+from torchdiffeq import odeint
+
+from ndm.analysis.mixture_oracle import GaussianMixture, MixtureOracle
+from ndm.cli import main
+from ndm.diffusion.flow import (
+    FlowDiffusion,
+    LearnedVolatility,
+    MeanScaleTransform,
+    ScheduleVolatility,
+)
+from ndm.diffusion.gaussian import ode_velocity, reverse_drift, score
+from ndm.diffusion.predictors import Predictor
+from ndm.diffusion.process import NeuralDiffusion
+from ndm.diffusion.schedules import FlowMatchingOTSchedule, make_schedule
+from ndm.diffusion.transforms import IdentityTransform, LearnedTransform, Transform, per_example
+from ndm.losses.likelihood import continuous_nelbo, ode_nll
+from ndm.losses.objectives import continuous_diffusion_integrand, straightness_penalty
+from ndm.models.ndm import NDM
+from ndm.nets.mlp import TimeMLP
+from ndm.runs.builders import build_model
+from ndm.runs.config import ModelConfig
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class ScheduleMeanScale(Transform):
+    """``[alpha_t F(x, t), log sigma_t]``: NDM's process written as an NFDM transform."""
+
+    def __init__(self, schedule, transform):
+        super().__init__()
+        self.schedule, self.inner = schedule, transform
+
+    def value(self, x, t):
+        sched = self.schedule(t)
+        mean = per_example(sched.alpha, x) * self.inner.value(x, t)
+        return torch.cat([mean, per_example(sched.sigma.log(), x).expand_as(mean)], 1)
+
+
+def as_flow(schedule, transform):
+    return FlowDiffusion(
+        ScheduleMeanScale(schedule, transform), ScheduleVolatility(schedule), schedule
+    )
+
+
+def learned_transform(dim=2, seed=0):
+    """A nonlinear F whose network is not at zero."""
+    torch.manual_seed(seed)
+    net = TimeMLP(dim, 32, 2, out_dim=dim, time_scale=3.0).double()
+    return LearnedTransform(net)
+
+
+def random_nfdm(schedule, dim=2, seed=1):
+    """An NFDM whose mean, scale (depending on x) and volatility are far from their start."""
+    torch.manual_seed(seed)
+    net = TimeMLP(dim, 32, 2, out_dim=2 * dim, time_scale=3.0).double()
+    volatility = LearnedVolatility(schedule, hidden=16).double()
+    with torch.no_grad():
+        volatility.net[-1].weight.normal_(0, 1.0)
+    return FlowDiffusion(MeanScaleTransform(net, schedule), volatility, schedule)
+
+
+def predictor(schedule, dim=2, seed=2):
+    torch.manual_seed(seed)
+    return Predictor(TimeMLP(dim, 32, 2).double(), schedule, "x")
+
+
+def vdm_integrand(schedule, x, x_hat, t):
+    """``1/2 gamma'(t) SNR(t) ||x - x_hat||^2``: the integrand for ``F = x``, any schedule."""
+    sched = schedule(t)
+    snr = sched.alpha**2 / sched.sigma**2
+    return 0.5 * sched.d_gamma * snr * (x - x_hat).pow(2).sum(1)
+
+
+def draws(n=64, dim=2, seed=3, t_low=0.02, t_high=0.98):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    t = t_low + (t_high - t_low) * torch.rand(n, generator=g, dtype=torch.float64)
+    return x, t, torch.randn(n, dim, generator=g, dtype=torch.float64)
+
+
+def test_the_nfdm_integrand_of_ndm_s_process_is_ndm_s_for_a_learned_nonlinear_f():
+    schedule = make_schedule("linear")
+    transform = learned_transform()
+    ndm_process, flow = NeuralDiffusion(schedule, transform), as_flow(schedule, transform)
+    x, t, noise = draws()
+    pred = predictor(schedule)
+    ndm_value = continuous_diffusion_integrand(ndm_process, pred, x, t, noise)
+    flow_value = continuous_diffusion_integrand(flow, pred, x, t, noise)
+    torch.testing.assert_close(flow_value, ndm_value, rtol=1e-10, atol=1e-10)
+    # against math.md's closed form for a VP schedule:
+    # ||alpha (dF(x) - dF(x_hat)) - gamma' alpha (F(x) - F(x_hat))||^2 / (2 sigma^2 gamma')
+    sched = schedule(t)
+    fx, dfx = transform(x, t)
+    z = per_example(sched.alpha, x) * fx + per_example(sched.sigma, x) * noise
+    fh, dfh = transform(pred(z, t), t)
+    alpha, d_gamma = per_example(sched.alpha, x), per_example(sched.d_gamma, x)
+    gap = alpha * (dfx - dfh) - d_gamma * alpha * (fx - fh)
+    closed = gap.pow(2).sum(1) / (2 * sched.sigma**2 * sched.d_gamma)
+    assert float(closed.detach().abs().max()) > 1.0  # a learned F that matters
+    torch.testing.assert_close(flow_value, closed, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [make_schedule("linear"), make_schedule("log_snr"), FlowMatchingOTSchedule(1e-3)],
+    ids=["ddpm", "vdm", "flow_matching"],
+)
+def test_ddpm_vdm_and_flow_matching_are_nfdm_processes_with_the_vdm_integrand(schedule):
+    flow = as_flow(schedule, IdentityTransform())
+    x, t, noise = draws()
+    pred = predictor(schedule)
+    sched = schedule(t)
+    z = per_example(sched.alpha, x) * x + per_example(sched.sigma, x) * noise
+    expected = vdm_integrand(schedule, x, pred(z, t), t)
+    got = continuous_diffusion_integrand(flow, pred, x, t, noise)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_an_untrained_nfdm_is_vdm_and_its_ends_are_the_schedule_s():
+    schedule = make_schedule("log_snr")
+    model = build_model(ModelConfig(process="nfdm", hidden=32, depth=2), (2,)).double()
+    vdm = NeuralDiffusion(schedule, IdentityTransform())
+    x, t, noise = draws()
+    got = continuous_diffusion_integrand(model.process, model.predictor, x, t, noise)
+    expected = continuous_diffusion_integrand(vdm, model.predictor, x, t, noise)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model.process.prior_kl(x), vdm.prior_kl(x))
+    # whatever the network: q(z_0 | x) = N(alpha_0 x, sigma_0^2) and z_1 is the schedule's
+    flow = random_nfdm(schedule)
+    for time in (0.0, 1.0):
+        end = torch.full((x.shape[0],), time, dtype=x.dtype)
+        path, sched = flow.path(x, end), schedule(end)
+        torch.testing.assert_close(path.mean, per_example(sched.alpha, x) * x)
+        torch.testing.assert_close(path.std, per_example(sched.sigma, x).expand_as(x))
+    middle = flow.path(x, t)
+    assert float(middle.std.std(0).mean()) > 1e-3  # the scale depends on x in between
+
+
+def test_path_derivatives_are_the_time_derivatives_of_mean_and_scale():
+    flow = random_nfdm(make_schedule("log_snr"))
+    x, t, _ = draws(t_low=0.1, t_high=0.9)
+    h = 1e-6
+    path = flow.path(x, t)
+    ahead, behind = flow.path(x, t + h), flow.path(x, t - h)
+    torch.testing.assert_close(
+        path.d_mean, (ahead.mean - behind.mean) / (2 * h), rtol=1e-6, atol=1e-6
+    )
+    torch.testing.assert_close(path.d_std, (ahead.std - behind.std) / (2 * h), rtol=1e-6, atol=1e-6)
+
+
+def test_the_score_is_the_gradient_of_the_log_density_and_the_drifts_combine_it():
+    flow = random_nfdm(make_schedule("log_snr"))
+    x, t, noise = draws()
+    path = flow.path(x, t)
+    z = path.sample(noise).requires_grad_(True)
+    log_q = torch.distributions.Normal(path.mean, path.std).log_prob(z).sum()
+    (grad,) = torch.autograd.grad(log_q, z)
+    torch.testing.assert_close(score(path, z), grad)
+    g2 = flow.g2(t)
+    expected = ode_velocity(path, z) - 0.5 * per_example(g2, z) * score(path, z)
+    torch.testing.assert_close(reverse_drift(path, z, g2), expected)
+
+
+def test_the_conditional_ode_carries_z_0_onto_the_closed_form_marginal():
+    """``dz/dt = f_ode(z, x, t)`` from ``z_0 = mu(x, 0) + sigma(x, 0) eps`` reaches
+    ``mu(x, t) + sigma(x, t) eps`` at every ``t``, for an x-dependent learned scale."""
+    flow = random_nfdm(make_schedule("log_snr"))
+    x, _, eps = draws(n=16)
+    times = torch.tensor([0.0, 0.3, 0.6, 0.9], dtype=torch.float64)
+
+    def rhs(t, z):
+        return ode_velocity(flow.path(x, t.expand(x.shape[0])), z)
+
+    with torch.no_grad():
+        start = flow.path(x, torch.zeros(16, dtype=torch.float64)).sample(eps)
+        path = odeint(rhs, start, times, rtol=1e-10, atol=1e-10, method="dopri5")
+        for k, time in enumerate(times):
+            expected = flow.path(x, time.expand(16)).sample(eps)
+            torch.testing.assert_close(path[k], expected, rtol=1e-7, atol=1e-7)
+
+
+def test_the_forward_sde_with_a_learned_volatility_keeps_the_marginals():
+    """``dz = [f_ode + g^2 / 2 s] dt + g dW`` by Euler-Maruyama from ``q(z_0 | x)``: the mean
+    and standard deviation at several ``t`` are ``mu(x, t)`` and ``sigma(x, t)``, to the
+    Monte Carlo error of 3000 particles each."""
+    flow = random_nfdm(make_schedule("log_snr"), seed=4)
+    g = torch.Generator().manual_seed(5)
+    anchors = torch.tensor([[0.5, -1.0], [-1.5, 0.8]], dtype=torch.float64)
+    n = 3000
+    x = anchors.repeat_interleave(n, 0)
+    steps, checks = 400, {100: 0.25, 200: 0.5, 300: 0.75}
+    with torch.no_grad():
+        zero = torch.zeros(x.shape[0], dtype=torch.float64)
+        z = flow.path(x, zero).sample(torch.randn(x.shape, generator=g, dtype=torch.float64))
+        dt = 1.0 / steps
+        for i in range(steps):
+            t = torch.full((x.shape[0],), i * dt, dtype=torch.float64)
+            path, g2 = flow.path(x, t), flow.g2(t)
+            drift = ode_velocity(path, z) + 0.5 * per_example(g2, z) * score(path, z)
+            noise = torch.randn(x.shape, generator=g, dtype=torch.float64)
+            z = z + drift * dt + per_example(g2.sqrt(), z) * math.sqrt(dt) * noise
+            if i + 1 in checks:
+                time = torch.full((2,), checks[i + 1], dtype=torch.float64)
+                exact = flow.path(anchors, time)
+                groups = z.view(2, n, 2)
+                error = exact.std / math.sqrt(n)
+                assert ((groups.mean(1) - exact.mean).abs() < 5 * error + 2e-3).all()
+                rel = groups.std(1) / exact.std
+                assert ((rel - 1).abs() < 0.05).all(), rel
+    assert float(flow.g2(torch.tensor([0.5], dtype=torch.float64))) != float(
+        ScheduleVolatility(flow.schedule)(torch.tensor([0.5], dtype=torch.float64))
+    )  # the learned volatility is not NDM's
+
+
+@pytest.fixture(scope="module")
+def mixture_case():
+    mixture = GaussianMixture([0.3, 0.7], [-0.8, 0.6], [0.15, 0.25])
+    schedule = make_schedule("linear")
+    x = mixture.sample(256, 1, seed=6)
+    return mixture, schedule, x
+
+
+def fixed_vp_nfdm(schedule):
+    """An NFDM fixed to a VP schedule: the library's mean-scale transform at zero, NDM's
+    volatility."""
+    net = TimeMLP(1, 8, 1, zero_init_output=True, out_dim=2).double()
+    return FlowDiffusion(MeanScaleTransform(net, schedule), ScheduleVolatility(schedule), schedule)
+
+
+def test_the_oracle_bound_of_an_nfdm_fixed_to_vp_is_ndm_s_and_above_the_nll(mixture_case):
+    mixture, schedule, x = mixture_case
+    oracle = MixtureOracle(schedule, mixture)
+    flow, ndm_process = fixed_vp_nfdm(schedule), NeuralDiffusion(schedule, IdentityTransform())
+    bounds = []
+    for process in (flow, ndm_process):
+        g = torch.Generator().manual_seed(7)
+        bounds.append(continuous_nelbo(process, oracle, x, 64, generator=g).total)
+    torch.testing.assert_close(bounds[0], bounds[1], rtol=1e-9, atol=1e-9)
+    nll = -mixture.log_prob(x)
+    gap = bounds[0] - nll
+    stderr = float(gap.std() / math.sqrt(len(gap)))
+    assert float(gap.mean()) > -3 * stderr  # a bound below the exact NLL is a bug
+    assert float(gap.mean()) < 0.02  # and with the exact posterior mean it is tight
+
+
+def test_the_ode_nll_of_the_oracle_nfdm_is_the_exact_density_and_below_its_nelbo(mixture_case):
+    mixture, schedule, x = mixture_case
+    oracle, flow = MixtureOracle(schedule, mixture), fixed_vp_nfdm(schedule)
+    x = x[:64]
+    nll, _ = ode_nll(flow, oracle, x, rtol=1e-7, atol=1e-7)
+    ndm_nll, _ = ode_nll(NeuralDiffusion(schedule, IdentityTransform()), oracle, x,
+                         rtol=1e-7, atol=1e-7)  # fmt: skip
+    torch.testing.assert_close(nll, ndm_nll, rtol=0, atol=1e-5)
+    # exact up to the prior's mismatch: z_1 ~ N(alpha_1 x, sigma_1^2), alpha_1 = 6.6e-3
+    torch.testing.assert_close(nll, -mixture.log_prob(x), rtol=0, atol=1e-2)
+    nelbo = continuous_nelbo(flow, oracle, x, 64, generator=torch.Generator().manual_seed(8))
+    gap = nelbo.total - nll
+    assert float(gap.mean()) > -3 * float(gap.std()) / math.sqrt(len(gap))
+
+
+def test_a_trained_nfdm_s_nll_and_nelbo_agree_and_stay_above_the_entropy():
+    """A small NFDM trained briefly on 1-D mixture data: both likelihoods are finite, close to
+    each other, and on held-out data neither mean is below the exact entropy by more than
+    its Monte Carlo error (a cross-entropy cannot be)."""
+    mixture = GaussianMixture([0.5, 0.5], [-0.7, 0.7], [0.3, 0.3])
+    torch.manual_seed(9)
+    model = build_model(ModelConfig(process="nfdm", hidden=32, depth=2), (1,))
+    optimiser = torch.optim.Adam(model.parameters(), 3e-3)
+    data = mixture.sample(4096, 1, seed=10).float()
+    g = torch.Generator().manual_seed(11)
+    for _ in range(300):
+        batch = data[torch.randint(0, len(data), (128,), generator=g)]
+        loss = model.loss(batch, g).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    test = mixture.sample(256, 1, seed=12).float()
+    entropy = mixture.entropy()
+    nll, _ = model.nll(test, rtol=1e-5, atol=1e-5)
+    nelbo = model.nelbo(test, 32, torch.Generator().manual_seed(13)).total.detach()
+    for value in (nll, nelbo):
+        stderr = float(value.std() / math.sqrt(len(value)))
+        assert float(value.mean()) > entropy - 3 * stderr
+        assert float(value.mean()) < entropy + 0.3
+    assert abs(float(nll.mean() - nelbo.mean())) < 0.15
+
+
+def test_straightness_is_zero_on_straight_paths_and_the_acceleration_otherwise():
+    """Flow matching onto one point ``x0`` with the exact ``x_hat = x0`` moves on straight
+    lines at constant speed: no acceleration. On a curved model the penalty is the squared
+    acceleration along the ODE, checked by central differences."""
+    schedule = FlowMatchingOTSchedule(1e-3)
+    x0 = torch.tensor([[0.7, -0.4]], dtype=torch.float64)
+
+    class Point(torch.nn.Module):
+        def forward(self, z, t):
+            return x0.expand_as(z)
+
+    straight = NeuralDiffusion(schedule, IdentityTransform())
+    x = x0.expand(32, 2)
+    penalty = straightness_penalty(straight, Point(), x, torch.Generator().manual_seed(14))
+    assert float(penalty.max()) < 1e-16
+
+    flow, pred = random_nfdm(make_schedule("log_snr")), predictor(make_schedule("log_snr"))
+    x, t, _ = draws(n=8, t_low=0.2, t_high=0.8)
+    g = torch.Generator().manual_seed(15)
+    penalty = straightness_penalty(flow, pred, x, g)
+    g = torch.Generator().manual_seed(15)  # the same draws, by hand
+    t = torch.rand(8, generator=g, dtype=x.dtype)
+    z, _ = flow.marginal(x, t, torch.randn(x.shape, generator=g, dtype=x.dtype))
+
+    def v(z_, t_):
+        return flow.drift(z_, pred(z_, t_), t_, stochastic=False)
+
+    h = 1e-6  # the error of the difference falls as h^2 (checked), from 0.9 at h = 1e-3
+    with torch.no_grad():
+        speed = v(z, t)
+        acceleration = (v(z + h * speed, t + h) - v(z - h * speed, t - h)) / (2 * h)
+    torch.testing.assert_close(penalty.detach(), acceleration.pow(2).sum(1), rtol=1e-5, atol=1e-6)
+    assert float(penalty.min()) > 0
+
+
+def test_an_nfdm_samples_with_ode_sde_and_ddim_and_refuses_ddpm():
+    model = build_model(ModelConfig(process="nfdm", hidden=16, depth=1), (2,))
+    g = torch.Generator().manual_seed(16)
+    for sampler in ("ode", "sde", "ddim"):
+        result = model.sample((32, 2), sampler, 8, g)
+        assert result.sample.shape == (32, 2) and torch.isfinite(result.sample).all()
+    with pytest.raises(ValueError, match="no DDPM posterior"):
+        model.sample((4, 2), "ddpm", 4, g)
+    with pytest.raises(ValueError, match="objective 'continuous'"):
+        NDM(model.process, model.predictor, objective="discrete")
+
+
+def test_the_straightness_weight_adds_exactly_its_penalty():
+    cfg = ModelConfig(process="nfdm_ot", hidden=16, depth=1)
+    assert cfg.straightness > 0 and ModelConfig(process="nfdm").straightness == 0
+    model = build_model(cfg, (2,))
+    x = torch.randn(16, 2)
+    losses = model(x, torch.Generator().manual_seed(17))
+    torch.testing.assert_close(
+        losses["loss"], losses["nelbo"] + cfg.straightness * losses["straightness"]
+    )
+    assert model.straightness_weight == cfg.straightness
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"transform": "identity"}, "belongs to process 'ndm'"),
+        ({"objective": "discrete"}, "objective 'continuous'"),
+        ({"transform_form": "interpolation"}, "transform_form shapes NDM's F"),
+        ({"straightness_weight": -1.0}, "straightness_weight"),
+    ],
+)
+def test_settings_an_nfdm_cannot_take_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(process="nfdm", **settings)
+
+
+def test_nfdm_from_the_command_line_trains_resumes_evaluates_and_samples(tmp_path, capsys):
+    run = tmp_path / "run"
+    tiny = (
+        "--process nfdm_ot --steps 6 --hidden 16 --depth 1 --n-train 256 --n-test 64 "
+        "--n-eval 32 --n-samples 64 --batch-size 32 --checkpoint-every 3 --log-every 3 "
+        "--rtol 1e-3 --atol 1e-3 --nelbo-time-samples 2"
+    ).split()
+    assert main(["train", "--run-dir", str(run), *tiny]) == 0
+    assert main(["train", "--run-dir", str(run), "--resume", "--steps", "9"]) == 0
+    assert main(["eval", str(run), "--n-eval", "32"]) == 0
+    out = tmp_path / "ddim.png"
+    assert main(["sample", str(run), "--sampler", "ddim", "--steps", "4", "--n", "16",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert torch.load(out.with_suffix(".pt"), weights_only=True).shape == (16, 2)
+    capsys.readouterr()
+    assert main(["sample", str(run), "--sampler", "ddpm", "--steps", "4", "--n", "16"]) == 1
+    assert "no DDPM posterior" in capsys.readouterr().err
