@@ -1,0 +1,243 @@
+"""DDPM, NDM, NFDM and NFDM-OT on a 2-D toy dataset at one budget, over seeds.
+
+Every model has the same predictor (an MLP of ``--hidden`` x ``--depth``), schedule,
+objective, batch, optimiser and steps; NDM's ``F`` and NFDM's mean-scale network are MLPs
+of the same size. Per model, the mean ± standard error over seeds of:
+
+- the test NLL (probability-flow ODE, exact divergence, dopri5) and NELBO, in nats, beside
+  the data's entropy;
+- the training step's time and its memory (saved-for-backward storages at the batch);
+- the probability-flow paths from 1000 noise draws: the map's transport cost
+  ``mean ||z_0 - z_1||^2``, the kinetic energy, and the straightness
+  ``||z_0 - z_1||^2 / E`` (1 for straight paths at constant speed);
+- few-step sampling: the energy distance to held-out data and (checkerboard) the share of
+  samples on the squares, with DDIM (eta 0) and Euler steps on the ODE at each NFE of
+  ``--nfe``, and with adaptive dopri5.
+
+Runs are kept under ``--runs-dir`` and every measured row is cached there, so a rerun (or
+an interrupted one) only computes what is missing. Usage::
+
+    python -m benchmarks.nfdm_toy --hidden 32 --depth 2 --steps 3000 --seeds 0 1 2 \
+        --out benchmarks/results/nfdm_checkerboard_small.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from benchmarks.harness import (
+    cached_row,
+    environment,
+    markdown_table,
+    mean_and_stderr,
+    report,
+    trained_model,
+)
+from ndm.analysis.transport import (
+    kinetic_energy,
+    map_transport_cost,
+    path_straightness,
+    probability_flow_paths,
+)
+from ndm.data.toy2d import log_density
+from ndm.evaluation.evaluate import evaluate
+from ndm.models.ndm import NDM
+from ndm.plots.points import plot_transform
+from ndm.runs.config import RunConfig
+from ndm.runs.folder import METRICS, read_metrics
+from ndm.runs.inputs import load_data
+from ndm.runs.memory import pass_bytes
+
+#: Model name -> (process, transform) of its config.
+MODELS = {
+    "DDPM": ("ndm", "identity"),
+    "NDM": ("ndm", "learned"),
+    "NFDM": ("nfdm", "learned"),
+    "NFDM-OT": ("nfdm_ot", "learned"),
+}
+PATH_TIMES = 65
+SAMPLES = 1000
+
+
+def energy_distance(x: Tensor, y: Tensor) -> float:
+    """``2 E||X - Y|| - E||X - X'|| - E||Y - Y'||`` between the samples ``x [N, D]`` and
+    ``y [M, D]`` (V-statistic); 0 only for equal distributions."""
+    x, y = x.double(), y.double()
+    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+
+
+def sample_quality(model: NDM, held_out: Tensor, dataset: str, sampler: str, steps: int,
+                   **options: object) -> dict[str, float]:  # fmt: skip
+    """Energy distance to ``held_out`` and share on the data's support of ``SAMPLES``
+    samples drawn with a fixed seed, and the sampler's NFE."""
+    generator = torch.Generator().manual_seed(1)
+    result = model.sample((SAMPLES, 2), sampler, steps, generator, **options)
+    on_support = torch.isfinite(log_density(dataset, result.sample)).double().mean()
+    return {
+        "energy": energy_distance(result.sample, held_out),
+        "support": float(on_support),
+        "nfe": result.nfe,
+    }
+
+
+def measure(cfg: RunConfig, run_dir: Path, nfes: list[int]) -> dict:
+    """Every figure of one trained model (trained here if its run has not finished)."""
+    model = trained_model(cfg, run_dir)
+    model.eval()
+    splits = load_data(cfg.data)
+    metrics = evaluate(model, splits, cfg.eval)
+    steps = [line["seconds_per_step"] for line in read_metrics(run_dir / METRICS)]
+    batch = splits.train[: cfg.train.batch_size]
+    memory = pass_bytes(model, batch, torch.Generator().manual_seed(0), False)
+    z1 = torch.randn(SAMPLES, 2, generator=torch.Generator().manual_seed(2))
+    times = torch.linspace(1.0, 0.0, PATH_TIMES)
+    paths = probability_flow_paths(model.process, model.predictor, z1, times)
+    held_out = splits.test[:SAMPLES]
+    dataset = cfg.data.dataset
+    quality = {
+        f"{sampler}_{nfe}": sample_quality(model, held_out, dataset, sampler, nfe, **options)
+        for nfe in nfes
+        for sampler, options in (("ddim", {}), ("ode", {"method": "euler"}))
+    }
+    quality["adaptive"] = sample_quality(model, held_out, dataset, "ode", 1)
+    return {
+        "nll": metrics["nll"],
+        "nelbo": metrics["nelbo"],
+        "entropy": splits.entropy,
+        "step_seconds": statistics.median(steps),
+        "memory_mib": memory / 2**20,
+        "map_cost": map_transport_cost(z1, paths.path[-1]),
+        "kinetic": float(kinetic_energy(paths.velocity, times).mean()),
+        "straightness": float(path_straightness(paths.path, paths.velocity, times).mean()),
+        "quality": quality,
+    }
+
+
+def summary(rows: dict[str, list[dict]], key: str, digits: str = ".3f") -> dict[str, str]:
+    """``mean ± standard error`` over seeds of ``key`` for each model."""
+    return {name: mean_and_stderr([r[key] for r in runs], digits) for name, runs in rows.items()}
+
+
+def tables(rows: dict[str, list[dict]], nfes: list[int], dataset: str) -> list[str]:
+    """The likelihood-and-cost table and the few-step sampling table."""
+    names = list(rows)
+    entropy = next(iter(rows.values()))[0]["entropy"]
+    ddpm_time = statistics.mean(r["step_seconds"] for r in rows.get("DDPM", rows[names[0]]))
+    columns = {
+        "test NLL (nats)": summary(rows, "nll"),
+        "NELBO (nats)": summary(rows, "nelbo"),
+        "s / step": summary(rows, "step_seconds", ".4f"),
+        "memory (MiB)": summary(rows, "memory_mib", ".1f"),
+        "transport cost": summary(rows, "map_cost"),
+        "kinetic energy": summary(rows, "kinetic"),
+        "straightness": summary(rows, "straightness"),
+    }
+    header = ["model", *columns, "step time / DDPM's"]
+    body = [
+        [name, *(column[name] for column in columns.values()),
+         f"{statistics.mean(r['step_seconds'] for r in rows[name]) / ddpm_time:.2f}"]
+        for name in names
+    ]  # fmt: skip
+    lines = [f"Entropy of the data: {entropy:.3f} nats.", "", *markdown_table(header, body)]
+    support = dataset == "checkerboard"
+    what = "energy distance" + (" / share on the squares" if support else "")
+    header = ["sampler", "NFE", *names]
+    body = []
+    for sampler, label in (("ddim", "DDIM"), ("ode", "Euler ODE")):
+        for nfe in nfes:
+            body.append([label, nfe, *(_quality(rows[n], f"{sampler}_{nfe}", support)
+                                      for n in names)])  # fmt: skip
+    adaptive_nfe = {n: statistics.mean(r["quality"]["adaptive"]["nfe"] for r in rows[n])
+                    for n in names}  # fmt: skip
+    body.append(["dopri5 (adaptive)", " / ".join(f"{adaptive_nfe[n]:.0f}" for n in names),
+                 *(_quality(rows[n], "adaptive", support) for n in names)])  # fmt: skip
+    lines += ["", f"Few-step sampling, {SAMPLES} samples against held-out data: {what} "
+              "(mean over seeds; lower energy is better).", "",
+              *markdown_table(header, body)]  # fmt: skip
+    return lines
+
+
+def _quality(runs: list[dict], key: str, support: bool) -> str:
+    energy = statistics.mean(r["quality"][key]["energy"] for r in runs)
+    if not support:
+        return f"{energy:.4f}"
+    share = statistics.mean(r["quality"][key]["support"] for r in runs)
+    return f"{energy:.4f} / {share:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="checkerboard")
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--n-eval", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path("runs") / time.strftime("nfdm-toy-%Y%m%d-%H%M%S"),
+        help="where the run folders and their measured rows are kept",
+    )
+    args = parser.parse_args()
+
+    base = RunConfig()
+    base = replace(
+        base,
+        data=replace(base.data, dataset=args.dataset),
+        model=replace(base.model, hidden=args.hidden, depth=args.depth),
+        train=replace(base.train, steps=args.steps, checkpoint_every=args.steps),
+        eval=replace(base.eval, n_eval=args.n_eval),
+    )
+    rows: dict[str, list[dict]] = {}
+    for name in args.models:
+        process, transform = MODELS[name]
+        for seed in args.seeds:
+            cfg = replace(
+                base,
+                model=replace(base.model, process=process, transform=transform),
+                train=replace(base.train, seed=seed),
+            )
+            run_dir = args.runs_dir / f"{name}-seed{seed}"
+            key = f"{args.steps} steps, nfe {args.nfe}, n_eval {args.n_eval}"
+            rows.setdefault(name, []).append(
+                cached_row(run_dir, key, lambda c=cfg, r=run_dir: measure(c, r, args.nfe))
+            )
+            if seed == args.seeds[0] and name != "DDPM" and args.out is not None:
+                figure = args.out.with_name(f"{args.out.stem}_{name.lower()}_transform.png")
+                model = trained_model(cfg, run_dir)
+                plot_transform(model, load_data(cfg.data).test[:2000], figure)
+    m, t = base.model, base.train
+    lines = [
+        f"# {args.dataset}: DDPM, NDM, NFDM and NFDM-OT, {args.steps} steps each, seeds "
+        f"{args.seeds}",
+        "",
+        f"Every model: MLP {m.hidden}x{m.depth} for x_theta (and for F_phi, or NFDM's mean "
+        f"and scale), schedule {m.schedule}, {m.objective} objective, time sampling "
+        f"{m.time_sampling}, batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}; NFDM-OT's "
+        f"straightness weight {replace(m, process='nfdm_ot').straightness:g}. Test set: "
+        f"{args.n_eval} points; mean ± standard error over seeds. {environment()}.",
+        "",
+        *tables(rows, args.nfe, args.dataset),
+    ]
+    entropy = rows[next(iter(rows))][0]["entropy"]
+    if entropy is not None:
+        below = [f"{name} {key}" for name, runs in rows.items() for key in ("nll", "nelbo")
+                 if statistics.mean(r[key] for r in runs) < entropy]  # fmt: skip
+        lines += ["", "Below the entropy (a bug, or the Monte Carlo error of a tight bound): "
+                  + (", ".join(below) if below else "none") + "."]  # fmt: skip
+    report("\n".join(lines), args.out)
+
+
+if __name__ == "__main__":
+    main()
