@@ -1,4 +1,5 @@
-"""DDPM, NDM, NFDM and NFDM-OT on a 2-D toy dataset at one budget, over seeds.
+"""DDPM, NDM, NFDM and NFDM-OT on a 2-D toy dataset or the 1-D mixture at one budget, over
+seeds.
 
 Every model has the same predictor (an MLP of ``--hidden`` x ``--depth``), schedule,
 objective, batch, optimiser and steps; NDM's ``F`` and NFDM's mean-scale network are MLPs
@@ -14,11 +15,16 @@ of the same size. Per model, the mean ± standard error over seeds of:
   samples on the squares, with DDIM (eta 0) and Euler steps on the ODE at each NFE of
   ``--nfe``, and with adaptive dopri5.
 
+``--dataset mixture1d`` is the two-mode mixture of :mod:`benchmarks.mixture_1d`, whose
+entropy is exact.
+
 Runs are kept under ``--runs-dir`` and every measured row is cached there, so a rerun (or
 an interrupted one) only computes what is missing. Usage::
 
-    python -m benchmarks.nfdm_toy --hidden 32 --depth 2 --steps 3000 --seeds 0 1 2 \
+    python -m benchmarks.nfdm_toy --hidden 32 --depth 2 --steps 2000 --seeds 0 1 2 \
         --out benchmarks/results/nfdm_checkerboard_small.md
+    python -m benchmarks.nfdm_toy --dataset mixture1d --hidden 32 --depth 2 --steps 2000 \
+        --out benchmarks/results/nfdm_mixture1d_small.md
 """
 
 from __future__ import annotations
@@ -40,17 +46,20 @@ from benchmarks.harness import (
     report,
     trained_model,
 )
+from benchmarks.mixture_1d import MIXTURE
 from ndm.analysis.transport import (
     kinetic_energy,
     map_transport_cost,
     path_straightness,
     probability_flow_paths,
 )
-from ndm.data.toy2d import log_density
+from ndm.data.atomic import atomic_write
+from ndm.data.points import save_points
+from ndm.data.toy2d import DATASETS, log_density
 from ndm.evaluation.evaluate import evaluate
 from ndm.models.ndm import NDM
 from ndm.plots.points import plot_transform
-from ndm.runs.config import RunConfig
+from ndm.runs.config import DataConfig, RunConfig
 from ndm.runs.folder import METRICS, read_metrics
 from ndm.runs.inputs import load_data
 from ndm.runs.memory import pass_bytes
@@ -75,19 +84,19 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
 
 def sample_quality(model: NDM, held_out: Tensor, dataset: str, sampler: str, steps: int,
                    **options: object) -> dict[str, float]:  # fmt: skip
-    """Energy distance to ``held_out`` and share on the data's support of ``SAMPLES``
-    samples drawn with a fixed seed, and the sampler's NFE."""
+    """Energy distance to ``held_out [N, D]`` and (checkerboard) share on the data's support
+    of ``SAMPLES`` samples drawn with a fixed seed, and the sampler's NFE."""
     generator = torch.Generator().manual_seed(1)
-    result = model.sample((SAMPLES, 2), sampler, steps, generator, **options)
-    on_support = torch.isfinite(log_density(dataset, result.sample)).double().mean()
-    return {
-        "energy": energy_distance(result.sample, held_out),
-        "support": float(on_support),
-        "nfe": result.nfe,
-    }
+    result = model.sample((SAMPLES, held_out.shape[1]), sampler, steps, generator, **options)
+    quality = {"energy": energy_distance(result.sample, held_out), "nfe": result.nfe}
+    if dataset == "checkerboard":
+        quality["support"] = float(
+            torch.isfinite(log_density(dataset, result.sample)).double().mean()
+        )
+    return quality
 
 
-def measure(cfg: RunConfig, run_dir: Path, nfes: list[int]) -> dict:
+def measure(cfg: RunConfig, run_dir: Path, nfes: list[int], dataset: str) -> dict:
     """Every figure of one trained model (trained here if its run has not finished)."""
     model = trained_model(cfg, run_dir)
     model.eval()
@@ -96,11 +105,10 @@ def measure(cfg: RunConfig, run_dir: Path, nfes: list[int]) -> dict:
     steps = [line["seconds_per_step"] for line in read_metrics(run_dir / METRICS)]
     batch = splits.train[: cfg.train.batch_size]
     memory = pass_bytes(model, batch, torch.Generator().manual_seed(0), False)
-    z1 = torch.randn(SAMPLES, 2, generator=torch.Generator().manual_seed(2))
+    z1 = torch.randn(SAMPLES, *splits.shape, generator=torch.Generator().manual_seed(2))
     times = torch.linspace(1.0, 0.0, PATH_TIMES)
     paths = probability_flow_paths(model.process, model.predictor, z1, times)
     held_out = splits.test[:SAMPLES]
-    dataset = cfg.data.dataset
     quality = {
         f"{sampler}_{nfe}": sample_quality(model, held_out, dataset, sampler, nfe, **options)
         for nfe in nfes
@@ -110,7 +118,7 @@ def measure(cfg: RunConfig, run_dir: Path, nfes: list[int]) -> dict:
     return {
         "nll": metrics["nll"],
         "nelbo": metrics["nelbo"],
-        "entropy": splits.entropy,
+        "entropy": MIXTURE.entropy() if dataset == "mixture1d" else splits.entropy,
         "step_seconds": statistics.median(steps),
         "memory_mib": memory / 2**20,
         "map_cost": map_transport_cost(z1, paths.path[-1]),
@@ -118,6 +126,20 @@ def measure(cfg: RunConfig, run_dir: Path, nfes: list[int]) -> dict:
         "straightness": float(path_straightness(paths.path, paths.velocity, times).mean()),
         "quality": quality,
     }
+
+
+def data_config(dataset: str, runs_dir: Path) -> DataConfig:
+    """A toy 2-D dataset, or the 1-D mixture as a points file written once under
+    ``runs_dir``."""
+    if dataset != "mixture1d":
+        return replace(RunConfig().data, dataset=dataset)
+    points = runs_dir / "mixture.npz"
+    if not points.exists():
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        train_x = MIXTURE.sample(100_000, 1, seed=0).float()
+        test_x = MIXTURE.sample(10_000, 1, seed=1).float()
+        atomic_write(points, lambda file: save_points(file, train_x, test_x))
+    return DataConfig("points", path=str(points.resolve()))
 
 
 def summary(rows: dict[str, list[dict]], key: str, digits: str = ".3f") -> dict[str, str]:
@@ -174,13 +196,16 @@ def _quality(runs: list[dict], key: str, support: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="checkerboard")
+    parser.add_argument("--dataset", default="checkerboard", choices=[*DATASETS, "mixture1d"])
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument(
+        "--straightness-weight", type=float, default=None, help="NFDM-OT's (auto: the default)"
+    )
     parser.add_argument("--n-eval", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
     parser.add_argument(
@@ -194,7 +219,7 @@ def main() -> None:
     base = RunConfig()
     base = replace(
         base,
-        data=replace(base.data, dataset=args.dataset),
+        data=data_config(args.dataset, args.runs_dir),
         model=replace(base.model, hidden=args.hidden, depth=args.depth),
         train=replace(base.train, steps=args.steps, checkpoint_every=args.steps),
         eval=replace(base.eval, n_eval=args.n_eval),
@@ -205,15 +230,27 @@ def main() -> None:
         for seed in args.seeds:
             cfg = replace(
                 base,
-                model=replace(base.model, process=process, transform=transform),
+                model=replace(
+                    base.model,
+                    process=process,
+                    transform=transform,
+                    straightness_weight=args.straightness_weight if process == "nfdm_ot" else None,
+                ),
                 train=replace(base.train, seed=seed),
             )
             run_dir = args.runs_dir / f"{name}-seed{seed}"
             key = f"{args.steps} steps, nfe {args.nfe}, n_eval {args.n_eval}"
             rows.setdefault(name, []).append(
-                cached_row(run_dir, key, lambda c=cfg, r=run_dir: measure(c, r, args.nfe))
+                cached_row(
+                    run_dir, key, lambda c=cfg, r=run_dir: measure(c, r, args.nfe, args.dataset)
+                )
             )
-            if seed == args.seeds[0] and name != "DDPM" and args.out is not None:
+            if (
+                seed == args.seeds[0]
+                and name != "DDPM"
+                and args.out
+                and base.data.dataset != "points"
+            ):
                 figure = args.out.with_name(f"{args.out.stem}_{name.lower()}_transform.png")
                 model = trained_model(cfg, run_dir)
                 plot_transform(model, load_data(cfg.data).test[:2000], figure)
@@ -225,7 +262,7 @@ def main() -> None:
         f"Every model: MLP {m.hidden}x{m.depth} for x_theta (and for F_phi, or NFDM's mean "
         f"and scale), schedule {m.schedule}, {m.objective} objective, time sampling "
         f"{m.time_sampling}, batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}; NFDM-OT's "
-        f"straightness weight {replace(m, process='nfdm_ot').straightness:g}. Test set: "
+        f"straightness weight {replace(m, process='nfdm_ot', straightness_weight=args.straightness_weight).straightness:g}. Test set: "
         f"{args.n_eval} points; mean ± standard error over seeds. {environment()}.",
         "",
         *tables(rows, args.nfe, args.dataset),

@@ -5,6 +5,7 @@ losses are per-example terms in nats; bits/dim via :func:`ndm.losses.likelihood.
 """
 
 from ndm.diffusion.decoders import CategoricalDecoder, GaussianDecoder
+from ndm.diffusion.flow import FlowDiffusion, LearnedVolatility, MeanScaleTransform
 from ndm.diffusion.predictors import Predictor
 from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.schedules import (
@@ -59,16 +60,19 @@ __all__ = [
     "Autoencoder",
     "CategoricalDecoder",
     "CosineSchedule",
+    "FlowDiffusion",
     "FlowMatchingOTSchedule",
     "GaussianDecoder",
     "IdentityTransform",
     "LearnedTransform",
+    "LearnedVolatility",
     "LatentNDM",
     "LearnedVPSchedule",
     "LinearVPSchedule",
     "LogSNRLinearSchedule",
     "TableVPSchedule",
     "LossTerms",
+    "MeanScaleTransform",
     "NeuralDiffusion",
     "Predictor",
     "SpecialCase",

@@ -48,7 +48,9 @@ def transform_displacement(model: NDM, x: Tensor, times: Tensor) -> Tensor:
 
 def with_identity_transform(model: NDM) -> NDM:
     """``model`` with ``F(x, t) = x``: the same schedule, predictor, objective and decoder
-    (modules shared)."""
+    (modules shared). An NFDM has no ``F`` to replace: ``ValueError``."""
+    if not isinstance(model.process, NeuralDiffusion):
+        raise ValueError("an NFDM learns its mean and scale, not an F to replace by x")
     return NDM(
         NeuralDiffusion(model.process.schedule, IdentityTransform()),
         model.predictor,

@@ -36,8 +36,8 @@ import ot
 import torch
 from torch import Tensor
 
+from ndm.diffusion.flow import ForwardProcess
 from ndm.diffusion.predictors import Predictor
-from ndm.diffusion.process import NeuralDiffusion
 from ndm.sampling.samplers import CountingDrift, get_sampler
 
 
@@ -177,7 +177,7 @@ class FlowPaths:
 
 @torch.no_grad()
 def probability_flow_paths(
-    process: NeuralDiffusion,
+    process: ForwardProcess,
     predictor: Predictor,
     z1: Tensor,
     times: Tensor,

@@ -122,7 +122,8 @@ class FlowDiffusion(nn.Module):
         schedule: Schedule,
     ):
         super().__init__()
-        self.transform, self.volatility, self.schedule = transform, volatility, schedule
+        # the schedule first: its parameters (learned end points) are named as the process's
+        self.schedule, self.transform, self.volatility = schedule, transform, volatility
 
     def path(self, x: Tensor, t: Tensor) -> GaussianPath:
         """``q(z_t | x)`` with its time derivatives, from one call of the transform."""

@@ -30,8 +30,9 @@ def warmup(steps: int, restart: int = 0) -> Callable[[int], float]:
 
 
 def is_transform_parameter(name: str) -> bool:
-    """Whether the parameter ``name`` belongs to the transform ``F_phi``."""
-    return ".process.transform." in f".{name}"
+    """Whether the parameter ``name`` is one of the forward process's ``phi``: of the
+    transform ``F_phi``, or of an NFDM's mean-scale network and volatility."""
+    return any(part in f".{name}" for part in (".process.transform.", ".process.volatility."))
 
 
 def transform_and_rest(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

@@ -1,0 +1,148 @@
+"""NFDM against NDM and DDPM on Fashion-MNIST in continuous time, paired by image.
+
+The three models share the CPU preset of :mod:`benchmarks.fashion_mnist` (16x16 images,
+U-Net ``cpu16``, batch 64, its steps, learning rate and EMA), the continuous objective and
+the seed; NDM's ``F`` and NFDM's mean-scale network are U-Nets of the predictor's size.
+Each row reports, in bits/dim of the 8-bit data, the test NLL along the probability-flow
+ODE (Hutchinson, dopri5) and the continuous NELBO, each also minus DDPM's on the same
+images and noise (negative: better than DDPM), the offline FID of DDIM samples (features
+of a small classifier trained on the training split) and the training step's time.
+Usage::
+
+    python -m benchmarks.nfdm_fashion_mnist --out benchmarks/results/nfdm_fashion_mnist.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from benchmarks.fashion_mnist import DEBIAN_PATH, PRESETS
+from benchmarks.harness import cached_row, environment, markdown_table, report, trained_model
+from ndm.evaluation.evaluate import evaluate, fid_features, paired_difference, sample_quality
+from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from ndm.runs.folder import METRICS, read_metrics
+from ndm.runs.inputs import load_data
+
+#: label -> (process, transform)
+MODELS = {"DDPM": ("ndm", "identity"), "NDM": ("ndm", "learned"), "NFDM": ("nfdm", "learned")}
+
+
+def config(args: argparse.Namespace, process: str, transform: str) -> RunConfig:
+    """The CPU preset of the discrete-time benchmark, in continuous time."""
+    preset = PRESETS["cpu"]
+    return RunConfig(
+        DataConfig(dataset="fashion_mnist", path=args.path, resolution=preset["resolution"]),
+        ModelConfig(
+            process=process,
+            transform=transform,
+            architecture=preset["architecture"],
+            objective="continuous",
+        ),
+        TrainConfig(
+            steps=preset["steps"] if args.steps is None else args.steps,
+            batch_size=preset["batch_size"],
+            lr=1e-3,
+            warmup_steps=200,
+            ema_decay=0.995,
+            checkpoint_every=200,
+            log_every=50,
+            seed=args.seed,
+        ),
+        EvalConfig(
+            n_eval=args.n_eval,
+            rtol=1e-3,
+            atol=1e-3,
+            nll_max_steps=args.nll_max_steps,
+            fid_samples=args.fid_samples,
+            classifier_steps=args.classifier_steps,
+        ),
+    )
+
+
+def measure(cfg: RunConfig, run_dir: Path, features, sampler_steps: int) -> dict:
+    """Likelihoods per image and FID of one model (trained here if its run has not
+    finished); ``step_seconds``: the median time of a training step."""
+    model = trained_model(cfg, run_dir).eval()
+    splits = load_data(cfg.data)
+    row = evaluate(model, splits, cfg.eval, per_example=True)
+    quality = sample_quality(
+        model, splits, replace(cfg.eval, fid_sampler="ddim"), features, sampler_steps
+    )
+    steps = [line["seconds_per_step"] for line in read_metrics(run_dir / METRICS)]
+    return row | {"fid_ddim": quality["fid"], "step_seconds": sorted(steps)[len(steps) // 2]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--path", default=DEBIAN_PATH, help="folder of the IDX files")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (preset's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-eval", type=int, default=50, help="test images for NLL/NELBO")
+    parser.add_argument("--fid-samples", type=int, default=100)
+    parser.add_argument("--classifier-steps", type=int, default=400)
+    parser.add_argument("--sampler-steps", type=int, default=10, help="DDIM steps for FID")
+    parser.add_argument("--nll-max-steps", type=int, default=300)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs") / "nfdm-fashion-mnist")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+
+    first = config(args, *MODELS["DDPM"])
+    features, described = fid_features(load_data(first.data), first.eval)
+    rows = {}
+    for label in args.models:
+        cfg = config(args, *MODELS[label])
+        run_dir = args.runs_dir / f"{label.lower()}-seed{args.seed}"
+        key = f"{cfg.train.steps} steps, n_eval {args.n_eval}, fid {args.fid_samples}"
+        rows[label] = cached_row(
+            run_dir, key, lambda c=cfg, r=run_dir: measure(c, r, features, args.sampler_steps)
+        )
+    reference = rows.get("DDPM")
+    header = ["model", "NLL (bits/dim)", "NLL − DDPM's (paired)", "NELBO (bits/dim)",
+              "NELBO − DDPM's (paired)", f"FID, DDIM {args.sampler_steps} steps",
+              "s / step", "step time / DDPM's"]  # fmt: skip
+    body = []
+    for label, row in rows.items():
+        paired = {}
+        for key in ("nll", "nelbo"):
+            if reference is None or row is reference:
+                paired[key] = ""
+                continue
+            mean, stderr = paired_difference(
+                row["per_example_bpd"][key], reference["per_example_bpd"][key]
+            )
+            paired[key] = f"{mean:+.3f} ± {stderr:.3f}"
+        ratio = (
+            "" if reference is None else f"{row['step_seconds'] / reference['step_seconds']:.2f}"
+        )
+        body.append([
+            label,
+            f"{row['nll_bpd']:.3f} ± {row['nll_bpd_stderr']:.3f}", paired["nll"],
+            f"{row['nelbo_bpd']:.3f} ± {row['nelbo_bpd_stderr']:.3f}", paired["nelbo"],
+            f"{row['fid_ddim']:.2f}", f"{row['step_seconds']:.3f}", ratio,
+        ])  # fmt: skip
+    t = first.train
+    lines = [
+        f"# Fashion-MNIST 16x16, continuous time: NFDM, NDM and DDPM, {t.steps} steps each",
+        "",
+        f"U-Net {first.model.architecture} for x_theta (and for F_phi, or NFDM's mean and "
+        f"scale), schedule {first.model.schedule}, time sampling {first.model.time_sampling}, "
+        f"batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}, seed {args.seed}. "
+        f"{args.n_eval} dequantised test images, the same images and noise for every model. "
+        f"FID features: {described['fid_features']}"
+        + (
+            f" (test accuracy {described['classifier_test_accuracy']:.3f})"
+            if "classifier_test_accuracy" in described
+            else ""
+        )  # fmt: skip
+        + f". {environment()}.",
+        "",
+        *markdown_table(header, body),
+    ]
+    report("\n".join(lines), args.out)
+
+
+if __name__ == "__main__":
+    main()
