@@ -17,10 +17,10 @@ step per example. Continuous time (eq. 11 with the sign and the ``1/2`` of math.
 with the reverse SDE drift ``f`` of :mod:`ndm.diffusion.gaussian`: NDM's (``nu = gamma``) or
 an NFDM's (:mod:`ndm.diffusion.flow`), which takes the continuous objective only.
 
-Optional penalties, not part of the NELBO, on the probability-flow velocity
-``v(z, t) = f(z, x_hat(z, t), t)`` (``g = 0``) along the forward marginals: its kinetic
-energy ``E_{t ~ U[0, 1]} E_{z_t ~ q(z_t | x)} ||v(z_t, t)||^2``, and its squared
-acceleration ``E ||dv/dt||^2`` (NFDM-OT's curvature penalty).
+Optional penalties, not part of the NELBO: the kinetic energy of the probability-flow
+velocity ``v(z, t) = f(z, x_hat(z, t), t)`` (``g = 0``) along the forward marginals,
+``E_{t ~ U[0, 1]} E_{z_t ~ q(z_t | x)} ||v(z_t, t)||^2``, and the squared acceleration of
+the forward process's conditional paths, ``E ||d^2 z_t / dt^2||^2`` (NFDM-OT's penalty).
 """
 
 from __future__ import annotations
@@ -194,27 +194,25 @@ def kinetic_energy_penalty(
 
 
 def straightness_penalty(
-    process: ForwardProcess,
-    predictor: Predictor,
-    x: Tensor,
-    generator: torch.Generator | None = None,
+    process: ForwardProcess, x: Tensor, generator: torch.Generator | None = None
 ) -> Tensor:
-    """``|| dv/dt ||^2`` per example ``[B]`` at one ``t ~ U[0, 1]`` and ``z_t ~ q(z_t | x)``:
-    the squared acceleration of the model's probability-flow ODE
-    ``dz/dt = v(z, t) = f_ode(z, x_hat(z, t), t)`` along its own trajectory,
-    ``dv/dt = dv/dt|_z + (dv/dz) v``, from one ``torch.func.jvp`` in ``(z, t)`` with tangent
-    ``(v, 1)``. Zero exactly when the generative paths are straight lines travelled at
-    constant speed (NFDM-OT's curvature penalty). Its gradient reaches the predictor and
-    the forward process."""
+    """``|| d^2 z_t / dt^2 ||^2`` per example ``[B]`` at one ``t ~ U[0, 1]``: the squared
+    acceleration of the conditional path ``z_t = mu(x, t) + sigma(x, t) eps`` at fixed
+    ``x`` and ``eps``, from two nested ``torch.func.jvp`` in ``t``. Zero exactly when every
+    conditional path is a straight line travelled at constant speed, as flow matching's
+    are (NFDM-OT's penalty, math.md). It shapes the forward process only: a penalty on
+    the model's own velocity is met by a predictor that stops transporting."""
     t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    z_t, _ = process.marginal(x, t, noise)
+    one = torch.ones_like(t)
 
-    def velocity(z: Tensor, time: Tensor) -> Tensor:
-        return process.drift(z, predictor(z, time), time, stochastic=False)
+    def position(time: Tensor) -> Tensor:
+        return process.marginal(x, time, noise)[0]
 
-    v = velocity(z_t, t)
-    _, acceleration = torch.func.jvp(velocity, (z_t, t), (v, torch.ones_like(t)))
+    def velocity(time: Tensor) -> Tensor:
+        return torch.func.jvp(position, (time,), (one,))[1]
+
+    _, acceleration = torch.func.jvp(velocity, (t,), (one,))
     return acceleration.flatten(1).pow(2).sum(1)
 
 

@@ -46,9 +46,9 @@ class NDM(nn.Module):
     an NFDM trains with ``"continuous"``.
     ``kinetic_weight`` ``lambda >= 0`` adds ``lambda E_t ||v(z_t, t)||^2``, the kinetic energy
     of the probability-flow velocity (:func:`ndm.losses.objectives.kinetic_energy_penalty`), to the
-    training loss, and ``straightness_weight`` likewise its squared acceleration
-    (:func:`ndm.losses.objectives.straightness_penalty`; NFDM-OT's penalty); the NELBO terms
-    and :meth:`nelbo` include neither. ``num_levels``
+    training loss, and ``straightness_weight`` likewise the squared acceleration of the
+    forward process's conditional paths (:func:`ndm.losses.objectives.straightness_penalty`;
+    NFDM-OT's penalty); the NELBO terms and :meth:`nelbo` include neither. ``num_levels``
     (``L``, images only) makes it a model of ``L``-level images in ``[-1, 1]``: data outside
     that range is refused, samples are quantised to the levels' bin centres, and
     :meth:`image_bits_per_dim` scores integer levels. The methods taking data refuse a batch
@@ -166,7 +166,7 @@ class NDM(nn.Module):
             losses["loss"] = losses["loss"] + self.kinetic_weight * kinetic
             losses["kinetic"] = kinetic
         if self.straightness_weight > 0:
-            straightness = straightness_penalty(self.process, self.predictor, x, generator)
+            straightness = straightness_penalty(self.process, x, generator)
             losses["loss"] = losses["loss"] + self.straightness_weight * straightness
             losses["straightness"] = straightness
         return losses

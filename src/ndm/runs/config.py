@@ -233,8 +233,8 @@ class ModelConfig(_Section):
     )
     straightness_weight: float | None = _option(
         None,
-        "weight of the straightness penalty E ||dv/dt||^2, the squared acceleration of the "
-        f"probability-flow velocity along its paths (auto: {NFDM_OT_STRAIGHTNESS:g} for "
+        "weight of the straightness penalty E ||d^2 z_t / dt^2||^2, the squared acceleration "
+        f"of the forward process's conditional paths (auto: {NFDM_OT_STRAIGHTNESS:g} for "
         "process nfdm_ot, else 0)",
         check=NON_NEGATIVE,
         kind=float,
