@@ -143,8 +143,14 @@ def data_config(dataset: str, runs_dir: Path) -> DataConfig:
 
 
 def summary(rows: dict[str, list[dict]], key: str, digits: str = ".3f") -> dict[str, str]:
-    """``mean ± standard error`` over seeds of ``key`` for each model."""
-    return {name: mean_and_stderr([r[key] for r in runs], digits) for name, runs in rows.items()}
+    """``mean ± standard error`` over seeds of ``key`` for each model (the value alone for
+    one seed)."""
+    return {
+        name: mean_and_stderr([r[key] for r in runs], digits)
+        if len(runs) > 1
+        else f"{runs[0][key]:{digits}}"
+        for name, runs in rows.items()
+    }
 
 
 def tables(rows: dict[str, list[dict]], nfes: list[int], dataset: str) -> list[str]:
@@ -255,14 +261,14 @@ def main() -> None:
                 model = trained_model(cfg, run_dir)
                 plot_transform(model, load_data(cfg.data).test[:2000], figure)
     m, t = base.model, base.train
+    ot_model = replace(m, process="nfdm_ot", straightness_weight=args.straightness_weight)
+    ot = f"; NFDM-OT's straightness weight {ot_model.straightness:g}" if "NFDM-OT" in rows else ""
     lines = [
-        f"# {args.dataset}: DDPM, NDM, NFDM and NFDM-OT, {args.steps} steps each, seeds "
-        f"{args.seeds}",
+        f"# {args.dataset}: {', '.join(args.models)}, {args.steps} steps each, seeds {args.seeds}",
         "",
         f"Every model: MLP {m.hidden}x{m.depth} for x_theta (and for F_phi, or NFDM's mean "
         f"and scale), schedule {m.schedule}, {m.objective} objective, time sampling "
-        f"{m.time_sampling}, batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}; NFDM-OT's "
-        f"straightness weight {replace(m, process='nfdm_ot', straightness_weight=args.straightness_weight).straightness:g}. Test set: "
+        f"{m.time_sampling}, batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}{ot}. Test set: "
         f"{args.n_eval} points; mean ± standard error over seeds. {environment()}.",
         "",
         *tables(rows, args.nfe, args.dataset),
