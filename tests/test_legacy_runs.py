@@ -30,14 +30,15 @@ def test_legacy_run_gives_the_losses_it_gave(name):
     got = _losses(model)
     assert got.keys() == REFERENCE[name].keys()
     for key, want in REFERENCE[name].items():
-        torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(want), rtol=1e-6, atol=1e-6)
+        # float32 rounding of the same formula, evaluated through the shared Gaussian path
+        torch.testing.assert_close(torch.tensor(got[key]), torch.tensor(want), rtol=1e-5, atol=1e-5)
 
 
 def test_legacy_export_gives_the_losses_it_gave():
     _, model = load_pretrained(FIXTURES / "points-export")
     for key, want in REFERENCE["points-export"].items():
         torch.testing.assert_close(
-            torch.tensor(_losses(model)[key]), torch.tensor(want), rtol=1e-6, atol=1e-6
+            torch.tensor(_losses(model)[key]), torch.tensor(want), rtol=1e-5, atol=1e-5
         )
 
 
