@@ -33,7 +33,7 @@ import torch.nn.functional as F_nn
 from torch import Tensor, nn
 
 from ndm.diffusion.gaussian import GaussianPath, reverse_drift, standard_normal_kl
-from ndm.diffusion.process import NeuralDiffusion, Posterior
+from ndm.diffusion.process import NeuralDiffusion, Posterior, schedule_start
 from ndm.diffusion.schedules import Schedule
 from ndm.diffusion.transforms import DERIVATIVES, Transform, per_example
 
@@ -140,19 +140,22 @@ class FlowDiffusion(nn.Module):
     def data_end(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha_0, sigma_0)`` of the reference schedule, each ``[B]``:
         ``q(z_0 | x) = N(alpha_0 x, sigma_0^2 I)``."""
-        zero = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
-        sched = self.schedule(zero)
-        return sched.alpha, sched.sigma
+        return schedule_start(self.schedule, like)
+
+    def _mean_and_log_std(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mu(x, t), log sigma(x, t))``, each of the shape of ``x``, without derivatives."""
+        mean, log_std = self.transform.value(x, t).chunk(2, dim=1)
+        return mean, log_std
 
     def marginal(self, x: Tensor, t: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """``(z_t, mu(x, t))`` with ``z_t = mu + sigma noise``."""
-        mean, log_std = self.transform.value(x, t).chunk(2, dim=1)
+        mean, log_std = self._mean_and_log_std(x, t)
         return mean + log_std.exp() * noise, mean
 
     def data_transform(self, x: Tensor, t: Tensor) -> Tensor:
         """``mu(x, t) / alpha_t``, shape of ``x``: the ``F`` an NDM on the reference schedule
         would need for this mean (``x`` for an untrained NFDM; 0 where ``alpha_t = 0``)."""
-        mean, _ = self.transform.value(x, t).chunk(2, dim=1)
+        mean, _ = self._mean_and_log_std(x, t)
         alpha = per_example(self.schedule(t).alpha, x)
         return mean / alpha.clamp_min(torch.finfo(alpha.dtype).tiny)
 
@@ -160,7 +163,7 @@ class FlowDiffusion(nn.Module):
         """``KL(q(z_1 | x) || N(0, I))`` per example, ``[B]``, in nats (the reference
         schedule's for ``F = x`` with a :class:`MeanScaleTransform`)."""
         one = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        mean, log_std = self.transform.value(x, one).chunk(2, dim=1)
+        mean, log_std = self._mean_and_log_std(x, one)
         return standard_normal_kl(mean, log_std.exp())
 
     def evaluate(self, x: Tensor, t: Tensor) -> tuple[GaussianPath, Tensor]:

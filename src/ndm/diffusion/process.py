@@ -112,9 +112,7 @@ class NeuralDiffusion(nn.Module):
     def data_end(self, like: Tensor) -> tuple[Tensor, Tensor]:
         """``(alpha_0, sigma_0)``, each ``[B]``: ``q(z_0 | x) = N(alpha_0 x, sigma_0^2 I)``
         (``F(x, 0) = x``) for ``like [B, ...]``."""
-        zero = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
-        sched = self.schedule(zero)
-        return sched.alpha, sched.sigma
+        return schedule_start(self.schedule, like)
 
     def evaluate(self, x: Tensor, t: Tensor) -> tuple[GaussianPath, Tensor]:
         """``(path at t, prior KL [B])``: ``F(x, .)`` and ``dF/dt`` at ``t`` and ``F(x, 1)``
@@ -136,6 +134,13 @@ class NeuralDiffusion(nn.Module):
         sched = self.schedule(one)
         f_1 = self.transform.value(x, one) if f_1 is None else f_1
         return standard_normal_kl(per_example(sched.alpha, x) * f_1, per_example(sched.sigma, x))
+
+
+def schedule_start(schedule: Schedule, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``(alpha_0, sigma_0)`` of ``schedule``, each ``[B]`` for ``like [B, ...]``."""
+    zero = torch.zeros(like.shape[0], dtype=like.dtype, device=like.device)
+    sched = schedule(zero)
+    return sched.alpha, sched.sigma
 
 
 def schedule_path(sched: ScheduleValues, f: Tensor, df_dt: Tensor) -> GaussianPath:
