@@ -72,14 +72,20 @@ MODELS = {
         "-f-quarter",
         {"model": {"transform_width": 0.25}},
     ),
+    "ndm-eighth": (
+        "NDM, F at 1/8 width",
+        "learned",
+        "-f-eighth",
+        {"model": {"transform_width": 0.125}},
+    ),
 }
 #: the model each is compared with on the same images and noise (the "paired" columns)
 REFERENCE = {"ndm": "ddpm", "paper": "ddpm", "ddpm-ends": "ddpm", "ndm-ends": "ddpm-ends",
              "ndm-clip": "ddpm", "ndm-frozen": "ddpm", "ndm-half": "ddpm",
-             "ndm-quarter": "ddpm"}  # fmt: skip
+             "ndm-quarter": "ddpm", "ndm-eighth": "ddpm"}  # fmt: skip
 ROWS = ("ddpm:10", "ndm:10", "ddpm:1000", "ndm:1000", "paper:1000", "ddpm-ends:10",
         "ndm-ends:10", "ndm-clip:10", "ndm-clip:1000", "ndm-frozen:1000", "ndm-half:10",
-        "ndm-quarter:10")  # fmt: skip
+        "ndm-quarter:10", "ndm-eighth:10")  # fmt: skip
 
 
 def _config(

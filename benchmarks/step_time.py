@@ -214,6 +214,7 @@ MODELS = {
     "NDM, checkpointed with calls": Variant("learned", checkpointing="all_calls"),
     "NDM, F at 1/2 width": Variant("learned", width=0.5),
     "NDM, F at 1/4 width": Variant("learned", width=0.25),
+    "NDM, F at 1/8 width": Variant("learned", width=0.125),
     "NDM, separable": Variant("separable"),
 }
 
