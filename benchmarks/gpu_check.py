@@ -174,18 +174,20 @@ def step_agreement(
 
 
 def speed(args: Namespace, device: torch.device, case: tuple, lines: list[str]) -> Callable:
-    """The step table of :mod:`step_time` for ``case``, each model over the micro-batches
-    that fit the device (:func:`micro_batches`); on CUDA it passes when NDM/DDPM <= 2.0 at
-    the same global batch (on a CPU the figure has no verdict)."""
+    """The step table of :mod:`step_time` for ``case`` (``--tiny``: DDPM and NDM alone),
+    each model over the micro-batches that fit the device (:func:`micro_batches`); on CUDA
+    it passes when NDM/DDPM <= 2.0 at the same global batch (on a CPU the figure has no
+    verdict)."""
 
     def check() -> tuple[bool, str]:
         _, arch, _, batch = case
+        models = ["DDPM", "NDM"] if args.tiny else list(MODELS)
         parts = {
             n: micro_batches(arch, n, "discrete", batch, device) if device.type == "cuda" else 1
-            for n in MODELS
+            for n in models
         }
         options = Namespace(objectives=["discrete"], repeats=args.repeats, precision="fp32",
-                            compile=device.type == "cuda", models=list(MODELS), skip=[],
+                            compile=device.type == "cuda", models=models, skip=[],
                             only=None, micro_batches=parts)  # fmt: skip
         table = step_table(options, device, [case])
         lines.extend(table)

@@ -1,8 +1,8 @@
-"""What a narrower transform network costs and keeps: NDM with F at full, 1/2 and 1/4 of
-the predictor's width, side by side.
+"""What a narrower transform network costs and keeps: NDM with F at full, 1/2, 1/4 and 1/8
+of the predictor's width, side by side.
 
 Per width: NDM's lead over DDPM on Fashion-MNIST 16x16 at T = 10 (the paired NLL and NELBO
-differences of :mod:`benchmarks.fashion_mnist`, read from its committed table), and the
+differences of :mod:`benchmarks.fashion_mnist`, read from its committed tables), and the
 step-time and peak-memory ratios to DDPM of a discrete training step on the same ``cpu16``
 U-Net at batch 128 (:func:`benchmarks.step_time.step_table`, timed alternately in this run).
 Usage::
@@ -21,8 +21,17 @@ import torch
 from benchmarks.harness import markdown_cells, markdown_table, report
 from benchmarks.step_time import CASES, step_table
 
-LEAD_TABLE = Path(__file__).parent / "results" / "fashion_mnist_width.md"
-WIDTHS = {"NDM": "full", "NDM, F at 1/2 width": "1/2", "NDM, F at 1/4 width": "1/4"}
+#: Fashion-MNIST tables holding the T = 10 rows of each width, each with its own DDPM row
+LEAD_TABLES = [
+    Path(__file__).parent / "results" / name
+    for name in ("fashion_mnist_width.md", "fashion_mnist_width_eighth.md")
+]
+WIDTHS = {
+    "NDM": "full",
+    "NDM, F at 1/2 width": "1/2",
+    "NDM, F at 1/4 width": "1/4",
+    "NDM, F at 1/8 width": "1/8",
+}
 
 
 def paired_leads(path: Path) -> dict[str, str]:
@@ -48,7 +57,7 @@ def main() -> None:
                         compile=False, models=list(WIDTHS), skip=[], only=["cpu16"])  # fmt: skip
     steps = step_table(options, torch.device("cpu"), CASES)
     header, cells = markdown_cells(steps[0]), markdown_cells(steps[-1])
-    leads = paired_leads(LEAD_TABLE)
+    leads = {name: lead for path in LEAD_TABLES for name, lead in paired_leads(path).items()}
     rows = [
         [width, leads[name], cells[header.index(f"{name} / DDPM")],
          cells[header.index(f"{name} peak / DDPM")]]
@@ -56,7 +65,8 @@ def main() -> None:
     ]  # fmt: skip
     intro = (
         "NDM with F narrower than the predictor: lead over DDPM on Fashion-MNIST 16x16, "
-        f"T = 10 (paired by image, bits/dim; from `{LEAD_TABLE.name}`), and the ratios to DDPM "
+        "T = 10 (paired by image, bits/dim; from "
+        f"{' and '.join(f'`{path.name}`' for path in LEAD_TABLES)}), and the ratios to DDPM "
         f"of a discrete training step of the cpu16 U-Net at batch {cells[2]} ("
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; the step table below)."
     )

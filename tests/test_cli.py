@@ -419,14 +419,37 @@ def test_a_yaml_config_file_is_read_like_json(tmp_path, capsys):
 def test_the_example_config_files_train(tmp_path):
     from pathlib import Path
 
+    yaml = pytest.importorskip("yaml")
+
     folder = Path(__file__).resolve().parents[1] / "configs"
     configs = sorted([*folder.glob("*.json"), *folder.glob("*.yaml")])
     assert {config.suffix for config in configs} == {".json", ".yaml"}
     for config in configs:
         run = tmp_path / config.stem
         args = ["train", "--config", str(config), "--run-dir", str(run), "--steps", "2"]
-        assert main([*args, "--eval", "fast"]) == 0, config
-        assert json.loads((run / "metrics.json").read_text())["n_eval"] <= 100
+        assert main([*args, "--eval", "none"]) == 0, config
+        written = json.loads((run / "config.json").read_text())
+        text = config.read_text()
+        given = yaml.safe_load(text) if config.suffix == ".yaml" else json.loads(text)
+        for section, fields in given.items():
+            for name, value in fields.items():
+                expected = 2 if (section, name) == ("train", "steps") else value
+                assert written[section][name] == expected, (config, section, name)
+
+
+def test_fast_evaluation_caps_the_configured_one():
+    from ndm.evaluation.report import FAST_EVAL, evaluation_level
+    from ndm.runs.config import EvalConfig, RunConfig
+
+    cfg = RunConfig(eval=EvalConfig(n_eval=200, n_samples=500, rtol=1e-5, atol=1e-6,
+                                    nelbo_time_samples=32, fid_samples=500))  # fmt: skip
+    assert evaluation_level(cfg, "full") == cfg
+    fast = evaluation_level(cfg, "fast").eval
+    assert (fast.n_eval, fast.n_samples, fast.fid_samples) == (FAST_EVAL, FAST_EVAL, 0)
+    assert (fast.rtol, fast.atol, fast.nelbo_time_samples) == (1e-3, 1e-3, 8)
+    small = RunConfig(eval=EvalConfig(n_eval=8, n_samples=16, rtol=1e-2, atol=1e-2,
+                                      nelbo_time_samples=4, fid_samples=0))  # fmt: skip
+    assert evaluation_level(small, "fast") == small  # within the caps: as configured
 
 
 def test_eval_takes_every_evaluation_setting_and_a_device(run_copy, capsys):

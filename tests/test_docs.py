@@ -81,6 +81,8 @@ def test_the_tutorial_notebook_executes():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(TUTORIAL, as_version=4)
+    (training,) = [cell for cell in notebook.cells if "def fit(model, steps=3000" in cell.source]
+    training.source = training.source.replace("steps=3000", "steps=300")  # runs, not results
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3")
     client.execute(cwd=str(TUTORIAL.parent))
     printed = "".join(

@@ -103,7 +103,7 @@ def test_evaluation_metrics_and_samples_go_to_the_loggers(tmp_path, fakes):
     run = tmp_path / "run"
     args = ["train", "--run-dir", str(run), "--dataset", "digits", "--steps", "2",
             "--batch-size", "8", "--warmup-steps", "1", "--loggers", "wandb,tensorboard",
-            "--eval", "fast"]  # fmt: skip
+            "--eval", "fast", "--n-eval", "8", "--n-samples", "8"]  # fmt: skip
     assert main(args) == 0
     evaluated = [
         arg for who, what, arg in fakes if who == "wandb" and what == "log" and arg[1] == 2
