@@ -4,8 +4,8 @@ The three models share the CPU preset of :mod:`benchmarks.fashion_mnist` (16x16 
 U-Net ``cpu16``, batch 64, its steps, learning rate and EMA), the continuous objective and
 the seed; NDM's ``F`` and NFDM's mean-scale network are U-Nets of the predictor's size.
 Each row reports, in bits/dim of the 8-bit data, the test NLL along the probability-flow
-ODE (Hutchinson, dopri5) and the continuous NELBO, each also minus DDPM's on the same
-images and noise (negative: better than DDPM), the training step's time, and the offline
+ODE (Hutchinson, dopri5) and the continuous NELBO, each also minus DDPM's and NDM's on
+the same images and noise (negative: better), the training step's time, and the offline
 FID (features of a small classifier trained on the training split) of DDIM samples at
 1, 2, 4, 8 and 16 steps and of adaptive (dopri5) probability-flow ODE samples.
 Usage::
@@ -83,6 +83,20 @@ def measure(cfg: RunConfig, run_dir: Path, features) -> dict:
     return row | {"fid": fids, "step_seconds": sorted(steps)[len(steps) // 2]}
 
 
+def paired(row: dict, reference: dict | None) -> str:
+    """``row``'s NLL and NELBO minus ``reference``'s on the same images and noise, each
+    ± the standard error of the per-image differences; empty against itself or nothing."""
+    if reference is None or row is reference:
+        return ""
+    cells = []
+    for key in ("nll", "nelbo"):
+        mean, stderr = paired_difference(
+            row["per_example_bpd"][key], reference["per_example_bpd"][key]
+        )
+        cells.append(f"{mean:+.3f} ± {stderr:.3f}")
+    return ", ".join(cells)
+
+
 def fid_rows(rows: list[dict]) -> list[list]:
     """One line per sampler setting: its name, its NFE and each model's FID."""
     lines = []
@@ -119,27 +133,18 @@ def main() -> None:
         run_dir = args.runs_dir / f"{label.lower()}-seed{args.seed}"
         key = f"{cfg.train.steps} steps, n_eval {args.n_eval}, fid {args.fid_samples} by NFE"
         rows[label] = cached_row(run_dir, key, lambda c=cfg, r=run_dir: measure(c, r, features))
-    reference = rows.get("DDPM")
-    header = ["model", "NLL (bits/dim)", "NLL − DDPM's (paired)", "NELBO (bits/dim)",
-              "NELBO − DDPM's (paired)", "s / step", "step time / DDPM's"]  # fmt: skip
+    header = ["model", "NLL (bits/dim)", "NELBO (bits/dim)", "NLL, NELBO − DDPM's (paired)",
+              "NLL, NELBO − NDM's (paired)", "s / step", "step time / DDPM's"]  # fmt: skip
     body = []
     for label, row in rows.items():
-        paired = {}
-        for key in ("nll", "nelbo"):
-            if reference is None or row is reference:
-                paired[key] = ""
-                continue
-            mean, stderr = paired_difference(
-                row["per_example_bpd"][key], reference["per_example_bpd"][key]
-            )
-            paired[key] = f"{mean:+.3f} ± {stderr:.3f}"
         ratio = (
-            "" if reference is None else f"{row['step_seconds'] / reference['step_seconds']:.2f}"
+            f"{row['step_seconds'] / rows['DDPM']['step_seconds']:.2f}" if "DDPM" in rows else ""
         )
         body.append([
             label,
-            f"{row['nll_bpd']:.3f} ± {row['nll_bpd_stderr']:.3f}", paired["nll"],
-            f"{row['nelbo_bpd']:.3f} ± {row['nelbo_bpd_stderr']:.3f}", paired["nelbo"],
+            f"{row['nll_bpd']:.3f} ± {row['nll_bpd_stderr']:.3f}",
+            f"{row['nelbo_bpd']:.3f} ± {row['nelbo_bpd_stderr']:.3f}",
+            paired(row, rows.get("DDPM")), paired(row, rows.get("NDM")),
             f"{row['step_seconds']:.3f}", ratio,
         ])  # fmt: skip
     t = first.train
