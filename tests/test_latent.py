@@ -56,11 +56,20 @@ def digits(n: int = 4, dtype: torch.dtype = torch.float64) -> torch.Tensor:
 
 
 def tiny_model(
-    mode: str = "end_to_end", objective: str = "continuous", transform: str = "learned"
+    mode: str = "end_to_end",
+    objective: str = "continuous",
+    transform: str = "learned",
+    process: str = "ndm",
 ) -> LatentNDM:
     torch.manual_seed(0)
     model = build_latent_model(
-        ModelConfig(transform=transform, architecture="cpu8", objective=objective, num_steps=10),
+        ModelConfig(
+            process=process,
+            transform=transform,
+            architecture="cpu8",
+            objective=objective,
+            num_steps=10,
+        ),  # fmt: skip
         LatentConfig(latent_mode=mode, latent_channels=2, latent_hidden=8),
         (1, 8, 8),
         L,
@@ -79,8 +88,9 @@ def direct_decoder_nll(
     return -(upper - lower).log().flatten(1).sum(1)
 
 
-def test_bound_is_the_sum_of_independently_computed_parts():
-    model, x = tiny_model(), digits()
+@pytest.mark.parametrize("process", ["ndm", "nfdm"])
+def test_bound_is_the_sum_of_independently_computed_parts(process):
+    model, x = tiny_model(process=process), digits()
     terms = model.bound_terms(x, torch.Generator().manual_seed(3))
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -201,8 +211,9 @@ def test_identity_like_encoder_and_exact_gaussian_prior_give_the_closed_form():
     torch.testing.assert_close(bound, expected, rtol=0, atol=0.05)
 
 
-def test_end_to_end_gradients_reach_encoder_decoder_predictor_and_transform():
-    model, x = tiny_model("end_to_end"), digits()
+@pytest.mark.parametrize("process", ["ndm", "nfdm"])
+def test_end_to_end_gradients_reach_encoder_decoder_predictor_and_transform(process):
+    model, x = tiny_model("end_to_end", process=process), digits()
     terms = model.bound_terms(x, torch.Generator().manual_seed(0))
     encoder = list(model.autoencoder.encoder.parameters())
     # the NDM's own terms reach the encoder through the reparameterised draw
@@ -215,6 +226,8 @@ def test_end_to_end_gradients_reach_encoder_decoder_predictor_and_transform():
         "predictor": model.ndm.predictor,
         "transform": model.ndm.process.transform,
     }
+    if process == "nfdm":
+        parts["volatility"] = model.ndm.process.volatility
     for name, part in parts.items():
         assert any(
             p.grad is not None and float(p.grad.abs().sum()) > 0 for p in part.parameters()

@@ -144,6 +144,27 @@ def test_an_untrained_nfdm_is_vdm_and_its_ends_are_the_schedule_s():
     assert float(middle.std.detach().std(0).mean()) > 1e-3  # the scale depends on x in between
 
 
+def test_an_nfdm_on_a_learned_schedule_is_vdm_on_it_and_its_bound_trains_the_schedule():
+    cfg = ModelConfig(process="nfdm", schedule="learned", schedule_endpoints="learned",
+                      hidden=32, depth=2)  # fmt: skip
+    model = build_model(cfg, (2,)).double()
+    schedule = model.process.schedule
+    with torch.no_grad():  # a schedule away from its initial straight line, and other ends
+        for param in schedule.parameters():
+            param.add_(0.3 * torch.randn(param.shape, generator=torch.Generator().manual_seed(4)))
+    vdm = NeuralDiffusion(schedule, IdentityTransform())
+    x, t, noise = draws()
+    got = continuous_diffusion_integrand(model.process, model.predictor, x, t, noise)
+    expected = continuous_diffusion_integrand(vdm, model.predictor, x, t, noise)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model.process.prior_kl(x), vdm.prior_kl(x))
+    nelbo = model.loss_terms(x, torch.Generator().manual_seed(5)).total.mean()
+    names, params = zip(*schedule.named_parameters(), strict=True)
+    grads = dict(zip(names, torch.autograd.grad(nelbo, params), strict=True))
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert all(float(grads[name].abs().max()) > 0 for name in ("endpoints.learned", "l2.weight"))
+
+
 def test_path_derivatives_are_the_time_derivatives_of_mean_and_scale():
     flow = random_nfdm(make_schedule("log_snr"))
     x, t, _ = draws(t_low=0.1, t_high=0.9)
