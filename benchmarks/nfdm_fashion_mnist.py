@@ -21,7 +21,9 @@ from pathlib import Path
 
 from benchmarks.fashion_mnist import DEBIAN_PATH, PRESETS
 from benchmarks.harness import cached_row, environment, markdown_table, report, trained_model
+from ndm.data.loading import Splits, model_input
 from ndm.evaluation.evaluate import evaluate, fid_features, paired_difference, sample_quality
+from ndm.evaluation.fid import frechet_distance
 from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from ndm.runs.folder import METRICS, read_metrics
 from ndm.runs.inputs import load_data
@@ -83,6 +85,16 @@ def measure(cfg: RunConfig, run_dir: Path, features) -> dict:
     return row | {"fid": fids, "step_seconds": sorted(steps)[len(steps) // 2]}
 
 
+def held_out_fid(splits: Splits, size: int, features) -> float:
+    """FID of the next ``size`` test images against the first ``size``, which every model's
+    samples are scored against: what a sampler of the data itself scores at this size."""
+    real, other = (
+        model_input(splits.test[i * size : (i + 1) * size], splits, None, augment=False)
+        for i in (0, 1)
+    )
+    return frechet_distance(real, other, features)
+
+
 def paired(row: dict, reference: dict | None) -> str:
     """``row``'s NLL and NELBO minus ``reference``'s on the same images and noise, each
     ± the standard error of the per-image differences; empty against itself or nothing."""
@@ -126,7 +138,8 @@ def main() -> None:
     args = parser.parse_args()
 
     first = config(args, *MODELS["DDPM"])
-    features, described = fid_features(load_data(first.data), first.eval)
+    splits = load_data(first.data)
+    features, described = fid_features(splits, first.eval)
     rows = {}
     for label in args.models:
         cfg = config(args, *MODELS[label])
@@ -169,6 +182,10 @@ def main() -> None:
         "number of network evaluations (NFE; the adaptive ODE's NFE in brackets):",
         "",
         *markdown_table(["sampler", "NFE", *rows], fid_rows(list(rows.values()))),
+        "",
+        f"FID of the next {args.fid_samples} test images against the same "
+        f"{args.fid_samples}, the score of a sampler of the data itself at this size: "
+        f"{held_out_fid(splits, args.fid_samples, features):.2f}.",
     ]
     report("\n".join(lines), args.out)
 
