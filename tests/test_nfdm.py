@@ -124,15 +124,22 @@ def test_ddpm_vdm_and_flow_matching_are_nfdm_processes_with_the_vdm_integrand(sc
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
 
 
-def test_an_untrained_nfdm_is_vdm_and_its_ends_are_the_schedule_s():
-    schedule = make_schedule("log_snr")
-    model = build_model(ModelConfig(process="nfdm", hidden=32, depth=2), (2,)).double()
+def assert_is_vdm(model, schedule):
+    """An NFDM model's integrand and prior term equal VDM's (``F = x``) on ``schedule``, on
+    :func:`draws`, which it returns."""
     vdm = NeuralDiffusion(schedule, IdentityTransform())
     x, t, noise = draws()
     got = continuous_diffusion_integrand(model.process, model.predictor, x, t, noise)
     expected = continuous_diffusion_integrand(vdm, model.predictor, x, t, noise)
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(model.process.prior_kl(x), vdm.prior_kl(x))
+    return x, t, noise
+
+
+def test_an_untrained_nfdm_is_vdm_and_its_ends_are_the_schedule_s():
+    schedule = make_schedule("log_snr")
+    model = build_model(ModelConfig(process="nfdm", hidden=32, depth=2), (2,)).double()
+    x, t, _ = assert_is_vdm(model, schedule)
     # whatever the network: q(z_0 | x) = N(alpha_0 x, sigma_0^2) and z_1 is the schedule's
     flow = random_nfdm(schedule)
     for time in (0.0, 1.0):
@@ -152,12 +159,7 @@ def test_an_nfdm_on_a_learned_schedule_is_vdm_on_it_and_its_bound_trains_the_sch
     with torch.no_grad():  # a schedule away from its initial straight line, and other ends
         for param in schedule.parameters():
             param.add_(0.3 * torch.randn(param.shape, generator=torch.Generator().manual_seed(4)))
-    vdm = NeuralDiffusion(schedule, IdentityTransform())
-    x, t, noise = draws()
-    got = continuous_diffusion_integrand(model.process, model.predictor, x, t, noise)
-    expected = continuous_diffusion_integrand(vdm, model.predictor, x, t, noise)
-    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(model.process.prior_kl(x), vdm.prior_kl(x))
+    x, _, _ = assert_is_vdm(model, schedule)
     nelbo = model.loss_terms(x, torch.Generator().manual_seed(5)).total.mean()
     names, params = zip(*schedule.named_parameters(), strict=True)
     grads = dict(zip(names, torch.autograd.grad(nelbo, params), strict=True))
