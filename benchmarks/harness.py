@@ -53,8 +53,10 @@ def report(text: str, out: Path | str | None) -> None:
 
 
 def mean_and_stderr(values: list[float], digits: str = ".3f") -> str:
-    """``"mean ± standard error"`` of ``values`` (``nan`` for the error of one value)."""
-    spread = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    """``"mean ± standard error"`` of ``values``; one value alone, which has no error."""
+    if len(values) == 1:
+        return f"{values[0]:{digits}}"
+    spread = statistics.stdev(values) / math.sqrt(len(values))
     return f"{statistics.mean(values):{digits}} ± {spread:{digits}}"
 
 

@@ -68,12 +68,11 @@ def config(args: argparse.Namespace, process: str, transform: str) -> RunConfig:
 DDIM_STEPS = (1, 2, 4, 8, 16)
 
 
-def measure(cfg: RunConfig, run_dir: Path, features) -> dict:
-    """Likelihoods per image and FIDs of one model (trained here if its run has not
-    finished): ``fid``, ``[sampler, NFE, FID]`` for each of DDIM's step counts and the
+def measure(cfg: RunConfig, run_dir: Path, splits: Splits, features) -> dict:
+    """Likelihoods per image and FIDs of one model on ``splits`` (trained here if its run
+    has not finished): ``fid``, ``[sampler, NFE, FID]`` for each of DDIM's step counts and the
     adaptive ODE; ``step_seconds``: the median time of a training step."""
     model = trained_model(cfg, run_dir).eval()
-    splits = load_data(cfg.data)
     row = evaluate(model, splits, cfg.eval, per_example=True)
     fids = []
     for sampler, steps in [("ddim", n) for n in DDIM_STEPS] + [("ode", 1)]:
@@ -145,7 +144,9 @@ def main() -> None:
         cfg = config(args, *MODELS[label])
         run_dir = args.runs_dir / f"{label.lower()}-seed{args.seed}"
         key = f"{cfg.train.steps} steps, n_eval {args.n_eval}, fid {args.fid_samples} by NFE"
-        rows[label] = cached_row(run_dir, key, lambda c=cfg, r=run_dir: measure(c, r, features))
+        rows[label] = cached_row(
+            run_dir, key, lambda c=cfg, r=run_dir: measure(c, r, splits, features)
+        )
     header = ["model", "NLL (bits/dim)", "NELBO (bits/dim)", "NLL, NELBO − DDPM's (paired)",
               "NLL, NELBO − NDM's (paired)", "s / step", "step time / DDPM's"]  # fmt: skip
     body = []

@@ -145,12 +145,7 @@ def data_config(dataset: str, runs_dir: Path) -> DataConfig:
 def summary(rows: dict[str, list[dict]], key: str, digits: str = ".3f") -> dict[str, str]:
     """``mean ± standard error`` over seeds of ``key`` for each model (the value alone for
     one seed)."""
-    return {
-        name: mean_and_stderr([r[key] for r in runs], digits)
-        if len(runs) > 1
-        else f"{runs[0][key]:{digits}}"
-        for name, runs in rows.items()
-    }
+    return {name: mean_and_stderr([r[key] for r in runs], digits) for name, runs in rows.items()}
 
 
 def tables(rows: dict[str, list[dict]], nfes: list[int], dataset: str) -> list[str]:

@@ -69,7 +69,7 @@ def tiny_model(
             architecture="cpu8",
             objective=objective,
             num_steps=10,
-        ),  # fmt: skip
+        ),
         LatentConfig(latent_mode=mode, latent_channels=2, latent_hidden=8),
         (1, 8, 8),
         L,
