@@ -251,7 +251,7 @@ def main() -> None:
         f"{environment(args.threads)}; total {time.perf_counter() - began:.0f} s.",
         "",
         f"Every model: MLP {m.hidden}x{m.depth} for x_theta (and F_phi), schedule {m.schedule}, "
-        f"{m.objective} objective, time sampling {m.time_sampling}, {args.steps} steps of "
+        f"{m.training_objective} objective, time sampling {m.time_sampling}, {args.steps} steps of "
         f"batch {args.batch_size}, lr {base.train.lr}, EMA {base.train.ema_decay}, seed "
         f"{base.train.seed}. Data: `mixture1d` = 0.5 N(-2, 0.4^2) + 0.5 N(2, 0.4^2); "
         f"`8gaussians` as in `ndm.data.toy2d`. The kinetic rows add "

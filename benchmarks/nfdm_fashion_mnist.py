@@ -1,8 +1,11 @@
-"""NFDM against NDM and DDPM on Fashion-MNIST in continuous time, paired by image.
+"""NFDM and NFDM-OT against NDM, DDPM and flow matching on Fashion-MNIST in continuous
+time, paired by image.
 
-The three models share the CPU preset of :mod:`benchmarks.fashion_mnist` (16x16 images,
-U-Net ``cpu16``, batch 64, its steps, learning rate and EMA), the continuous objective and
-the seed; NDM's ``F`` and NFDM's mean-scale network are U-Nets of the predictor's size.
+The models share the CPU preset of :mod:`benchmarks.fashion_mnist` (16x16 images, U-Net
+``cpu16``, batch 64, its steps, learning rate and EMA) and the seed; NDM's ``F`` and the
+NFDMs' mean-scale networks are U-Nets of the predictor's size. DDPM, NDM and NFDM train
+the continuous NELBO; flow matching (FM) and NFDM-OT the velocity objective on the
+settings of :data:`benchmarks.nfdm_toy.FLOW`.
 Each row reports, in bits/dim of the 8-bit data, the test NLL along the probability-flow
 ODE (Hutchinson, dopri5) and the continuous NELBO, each also minus DDPM's and NDM's on
 the same images and noise (negative: better), the training step's time, and the offline
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from benchmarks.fashion_mnist import DEBIAN_PATH, PRESETS
 from benchmarks.harness import cached_row, environment, markdown_table, report, trained_model
+from benchmarks.nfdm_toy import FLOW, MODELS
 from ndm.data.loading import Splits, model_input
 from ndm.evaluation.evaluate import evaluate, fid_features, paired_difference, sample_quality
 from ndm.evaluation.fid import frechet_distance
@@ -28,21 +32,14 @@ from ndm.runs.config import DataConfig, EvalConfig, ModelConfig, RunConfig, Trai
 from ndm.runs.folder import METRICS, read_metrics
 from ndm.runs.inputs import load_data
 
-#: label -> (process, transform)
-MODELS = {"DDPM": ("ndm", "identity"), "NDM": ("ndm", "learned"), "NFDM": ("nfdm", "learned")}
 
-
-def config(args: argparse.Namespace, process: str, transform: str) -> RunConfig:
-    """The CPU preset of the discrete-time benchmark, in continuous time."""
+def config(args: argparse.Namespace, settings: dict) -> RunConfig:
+    """The CPU preset of the discrete-time benchmark, in continuous time, with the model
+    ``settings`` of one of :data:`benchmarks.nfdm_toy.MODELS`."""
     preset = PRESETS["cpu"]
     return RunConfig(
         DataConfig(dataset="fashion_mnist", path=args.path, resolution=preset["resolution"]),
-        ModelConfig(
-            process=process,
-            transform=transform,
-            architecture=preset["architecture"],
-            objective="continuous",
-        ),
+        ModelConfig(architecture=preset["architecture"], **settings),
         TrainConfig(
             steps=preset["steps"] if args.steps is None else args.steps,
             batch_size=preset["batch_size"],
@@ -136,12 +133,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
 
-    first = config(args, *MODELS["DDPM"])
+    first = config(args, MODELS["DDPM"])
     splits = load_data(first.data)
     features, described = fid_features(splits, first.eval)
     rows = {}
     for label in args.models:
-        cfg = config(args, *MODELS[label])
+        cfg = config(args, MODELS[label])
         run_dir = args.runs_dir / f"{label.lower()}-seed{args.seed}"
         key = f"{cfg.train.steps} steps, n_eval {args.n_eval}, fid {args.fid_samples} by NFE"
         rows[label] = cached_row(
@@ -163,11 +160,14 @@ def main() -> None:
         ])  # fmt: skip
     t = first.train
     lines = [
-        f"# Fashion-MNIST 16x16, continuous time: NFDM, NDM and DDPM, {t.steps} steps each",
+        f"# Fashion-MNIST 16x16, continuous time: {', '.join(rows)}, {t.steps} steps each",
         "",
         f"U-Net {first.model.architecture} for x_theta (and for F_phi, or NFDM's mean and "
-        f"scale), schedule {first.model.schedule}, time sampling {first.model.time_sampling}, "
-        f"batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}, seed {args.seed}. "
+        f"scale), batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}, seed {args.seed}. "
+        f"DDPM, NDM, NFDM: continuous NELBO, schedule {first.model.schedule}, time sampling "
+        f"{first.model.time_sampling}. FM, NFDM-OT: velocity objective (g = 0; their NELBO is "
+        f"the SDE sampler's with the schedule's volatility), "
+        f"{', '.join(f'{k} {v}' for k, v in FLOW.items())}. "
         f"{args.n_eval} dequantised test images, the same images and noise for every model. "
         f"FID features: {described['fid_features']}"
         + (

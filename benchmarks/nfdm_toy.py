@@ -1,9 +1,14 @@
-"""DDPM, NDM, NFDM and NFDM-OT on a 2-D toy dataset or the 1-D mixture at one budget, over
-seeds.
+"""DDPM, NDM, NFDM, flow matching and NFDM-OT on a 2-D toy dataset or the 1-D mixture at one
+budget, over seeds.
 
-Every model has the same predictor (an MLP of ``--hidden`` x ``--depth``), schedule,
-objective, batch, optimiser and steps; NDM's ``F`` and NFDM's mean-scale network are MLPs
-of the same size. Per model, the mean ± standard error over seeds of:
+Every model has the same predictor (an MLP of ``--hidden`` x ``--depth``), batch, optimiser
+and steps; NDM's ``F`` and NFDM's mean-scale network are MLPs of the same size. DDPM, NDM
+and NFDM train the continuous NELBO on the log-SNR schedule. Flow matching (FM: ``F = x``
+on the ``fm_ot`` schedule) and NFDM-OT (NFDM's mean and scale around it, with the curvature
+penalty) train the velocity objective of a deterministic reverse process, with
+x-prediction and uniform time, as the NFDM authors anchor NFDM-OT; their NELBO is that of
+the SDE sampler with the schedule's volatility. Per model, the mean ± standard error over
+seeds of:
 
 - the test NLL (probability-flow ODE, exact divergence, dopri5) and NELBO, in nats, beside
   the data's entropy;
@@ -64,12 +69,15 @@ from ndm.runs.folder import METRICS, read_metrics
 from ndm.runs.inputs import load_data
 from ndm.runs.memory import pass_bytes
 
-#: Model name -> (process, transform) of its config.
+#: The settings of a deterministic reverse process on flow matching's paths.
+FLOW = {"schedule": "fm_ot", "parameterisation": "x", "time_sampling": "uniform"}
+#: Model name -> its model settings.
 MODELS = {
-    "DDPM": ("ndm", "identity"),
-    "NDM": ("ndm", "learned"),
-    "NFDM": ("nfdm", "learned"),
-    "NFDM-OT": ("nfdm_ot", "learned"),
+    "DDPM": {"process": "ndm", "transform": "identity"},
+    "NDM": {"process": "ndm", "transform": "learned"},
+    "NFDM": {"process": "nfdm", "transform": "learned"},
+    "FM": {"process": "ndm", "transform": "identity", "objective": "velocity", **FLOW},
+    "NFDM-OT": {"process": "nfdm_ot", "transform": "learned", **FLOW},
 }
 PATH_TIMES = 65
 SAMPLES = 1000
@@ -205,7 +213,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--nfe", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument(
-        "--straightness-weight", type=float, default=None, help="NFDM-OT's (auto: the default)"
+        "--curvature-weight", type=float, default=None, help="NFDM-OT's (auto: the default)"
     )
     parser.add_argument("--n-eval", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
@@ -227,16 +235,13 @@ def main() -> None:
     )
     rows: dict[str, list[dict]] = {}
     for name in args.models:
-        process, transform = MODELS[name]
+        settings = MODELS[name]
+        if settings["process"] == "nfdm_ot":
+            settings = settings | {"curvature_weight": args.curvature_weight}
         for seed in args.seeds:
             cfg = replace(
                 base,
-                model=replace(
-                    base.model,
-                    process=process,
-                    transform=transform,
-                    straightness_weight=args.straightness_weight if process == "nfdm_ot" else None,
-                ),
+                model=replace(base.model, **settings),
                 train=replace(base.train, seed=seed),
             )
             run_dir = args.runs_dir / f"{name}-seed{seed}"
@@ -256,15 +261,18 @@ def main() -> None:
                 model = trained_model(cfg, run_dir)
                 plot_transform(model, load_data(cfg.data).test[:2000], figure)
     m, t = base.model, base.train
-    ot_model = replace(m, process="nfdm_ot", straightness_weight=args.straightness_weight)
-    ot = f"; NFDM-OT's straightness weight {ot_model.straightness:g}" if "NFDM-OT" in rows else ""
+    ot_model = replace(m, **MODELS["NFDM-OT"], curvature_weight=args.curvature_weight)
+    flow = ", ".join(f"{k} {v}" for k, v in FLOW.items())
     lines = [
         f"# {args.dataset}: {', '.join(args.models)}, {args.steps} steps each, seeds {args.seeds}",
         "",
         f"Every model: MLP {m.hidden}x{m.depth} for x_theta (and for F_phi, or NFDM's mean "
-        f"and scale), schedule {m.schedule}, {m.objective} objective, time sampling "
-        f"{m.time_sampling}, batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}{ot}. Test set: "
-        f"{args.n_eval} points; mean ± standard error over seeds. {environment()}.",
+        f"and scale), batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}. DDPM, NDM, NFDM: "
+        f"schedule {m.schedule}, {m.training_objective} objective, time sampling "
+        f"{m.time_sampling}. FM and NFDM-OT: {flow}, velocity objective (g = 0; their NELBO "
+        f"is the SDE sampler's with the schedule's volatility); NFDM-OT's curvature weight "
+        f"{ot_model.curvature:g}. Test set: {args.n_eval} points; mean ± standard error over "
+        f"seeds. {environment()}.",
         "",
         *tables(rows, args.nfe, args.dataset),
     ]

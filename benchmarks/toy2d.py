@@ -91,7 +91,7 @@ def main() -> None:
         f"# {args.dataset}: NDM vs DDPM, {args.steps} steps each",
         "",
         f"Same settings for all: MLP {m.hidden}x{m.depth} for x_theta (and F_phi), schedule "
-        f"{m.schedule}, {m.objective} objective, time sampling {m.time_sampling}, batch "
+        f"{m.schedule}, {m.training_objective} objective, time sampling {m.time_sampling}, batch "
         f"{base.train.batch_size}, lr {base.train.lr}, EMA {base.train.ema_decay}. "
         f"Test set: {args.n_eval} points. {environment()}"
         f".",

@@ -22,11 +22,16 @@ from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.schedules import FlowMatchingOTSchedule, make_schedule
 from ndm.diffusion.transforms import IdentityTransform, LearnedTransform, Transform, per_example
 from ndm.losses.likelihood import continuous_nelbo, ode_nll
-from ndm.losses.objectives import continuous_diffusion_integrand, straightness_penalty
+from ndm.losses.objectives import (
+    continuous_diffusion_integrand,
+    curvature_penalty,
+    straightness_penalty,
+    velocity_matching_loss,
+)
 from ndm.models.ndm import NDM
 from ndm.nets.mlp import TimeMLP
 from ndm.runs.builders import build_model
-from ndm.runs.config import ModelConfig
+from ndm.runs.config import ModelConfig, RunConfig, config_from_record, config_to_dict
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -354,35 +359,148 @@ def test_an_nfdm_samples_with_ode_sde_and_ddim_and_refuses_ddpm():
 
 
 def test_the_straightness_weight_adds_exactly_its_penalty():
-    cfg = ModelConfig(process="nfdm_ot", hidden=16, depth=1)
-    assert cfg.straightness > 0 and ModelConfig(process="nfdm").straightness == 0
+    cfg = ModelConfig(process="nfdm", hidden=16, depth=1, straightness_weight=0.5)
     model = build_model(cfg, (2,))
     x = torch.randn(16, 2)
     losses = model(x, torch.Generator().manual_seed(17))
-    torch.testing.assert_close(
-        losses["loss"], losses["nelbo"] + cfg.straightness * losses["straightness"]
+    torch.testing.assert_close(losses["loss"], losses["nelbo"] + 0.5 * losses["straightness"])
+    assert model.straightness_weight == 0.5 and "curvature" not in losses
+
+
+@pytest.mark.parametrize("as_nfdm", [False, True])
+def test_the_velocity_loss_of_flow_matching_s_process_is_conditional_flow_matching(as_nfdm):
+    """With ``mu = (1 - t) x``, ``sigma = t + sigma_min (1 - t)`` the conditional velocity is
+    ``(1 - sigma_min) eps - x``, and the model's is ``f_ode`` of ``x_hat``: the loss is
+    flow matching's regression, whether the process is NDM's or an NFDM's."""
+    sigma_min = 1e-2
+    schedule = FlowMatchingOTSchedule(sigma_min)
+    process = (
+        as_flow(schedule, IdentityTransform())
+        if as_nfdm
+        else NeuralDiffusion(schedule, IdentityTransform())
     )
-    assert model.straightness_weight == cfg.straightness
+    net = predictor(schedule)
+    x, _, _ = draws(n=32)
+    g = torch.Generator().manual_seed(20)
+    u = torch.rand(32, generator=g, dtype=x.dtype)
+    loss = velocity_matching_loss(process, net, x, "uniform", g, u=u)
+    g = torch.Generator().manual_seed(20)
+    torch.rand(32, generator=g, dtype=x.dtype)  # u, drawn above
+    eps = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    t = u[:, None]
+    std = t + sigma_min * (1 - t)
+    z = (1 - t) * x + std * eps
+    x_hat = net(z, u)
+    model_velocity = -x_hat + (1 - sigma_min) * (z - (1 - t) * x_hat) / std
+    expected = ((1 - sigma_min) * eps - x - model_velocity).pow(2).sum(1)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_the_curvature_penalty_is_zero_on_straight_generated_paths_and_the_acceleration_else():
+    """For one point ``c`` the exact ``x_hat`` is ``c`` and flow matching's ODE carries each
+    ``z_1`` along a straight line at constant speed: no acceleration. Otherwise the
+    penalty is the squared derivative of the model's velocity along its own path, by
+    central differences ``(v(z + h v, t + h) - v(z - h v, t - h)) / 2h``."""
+    x, _, _ = draws(n=32)
+    centre = torch.tensor([0.7, -1.2], dtype=x.dtype)
+
+    def exact(z, t):
+        return centre.expand_as(z)
+
+    fm = NeuralDiffusion(FlowMatchingOTSchedule(1e-2), IdentityTransform())
+    g = torch.Generator().manual_seed(21)
+    assert float(curvature_penalty(fm, exact, centre.expand_as(x), g).max()) < 1e-20
+
+    schedule = make_schedule("log_snr")
+    for process in (NeuralDiffusion(schedule, learned_transform()), random_nfdm(schedule)):
+        net = predictor(schedule)
+        penalty = curvature_penalty(process, net, x, torch.Generator().manual_seed(22))
+        g = torch.Generator().manual_seed(22)  # the same draws, by hand
+        t = torch.rand(32, generator=g, dtype=x.dtype)
+        eps = torch.randn(x.shape, generator=g, dtype=x.dtype)
+
+        def velocity(z, time, process=process, net=net):
+            return process.drift(z, net(z, time), time, stochastic=False)
+
+        h = 1e-6  # the error falls as h^2: 2e-2, 2e-4, 2e-6 at h = 1e-4, 1e-5, 1e-6
+        with torch.no_grad():
+            z = process.marginal(x, t, eps)[0]
+            v = velocity(z, t)
+            acceleration = (velocity(z + h * v, t + h) - velocity(z - h * v, t - h)) / (2 * h)
+        torch.testing.assert_close(
+            penalty.detach(), acceleration.pow(2).sum(1), rtol=1e-4, atol=1e-6
+        )
+        assert float(penalty.min()) > 0
+
+
+def test_nfdm_ot_trains_the_velocity_loss_plus_its_curvature_penalty_and_both_learn_the_process():
+    """NFDM-OT's reverse process is deterministic: the velocity objective, the curvature
+    penalty at its default weight, the schedule's volatility (for the SDE sampler and the
+    reported bound); the penalty's gradient reaches the forward process and the predictor."""
+    cfg = ModelConfig(process="nfdm_ot", schedule="fm_ot", parameterisation="x", hidden=16,
+                      depth=1)  # fmt: skip
+    assert (cfg.training_objective, cfg.curvature, cfg.straightness_weight) == (
+        "velocity",
+        1.0,
+        0.0,
+    )
+    assert ModelConfig(process="nfdm").training_objective == "continuous"
+    assert ModelConfig(process="nfdm").curvature == 0.0
+    model = build_model(cfg, (2,))
+    assert isinstance(model.process.volatility, ScheduleVolatility)
+    assert not isinstance(model.process.volatility, LearnedVolatility)
+    with torch.no_grad():  # a forward process away from the schedule's
+        model.process.transform.net.out[-1].weight.normal_(0, 0.1)
+    x = torch.randn(16, 2)
+    losses = model(x, torch.Generator().manual_seed(23))
+    assert "nelbo" not in losses
+    torch.testing.assert_close(losses["loss"], losses["velocity"] + losses["curvature"])
+    losses["curvature"].mean().backward()
+    for network in (model.process.transform, model.predictor):
+        grads = [p.grad for p in network.parameters() if p.grad is not None]
+        assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+    assert torch.isfinite(model.nelbo(x, 4, torch.Generator().manual_seed(24)).total).all()
 
 
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"transform": "identity"}, "belongs to process 'ndm'"),
-        ({"objective": "discrete"}, "objective 'continuous'"),
+        ({"objective": "discrete"}, "objective 'continuous' or 'velocity'"),
+        ({"process": "nfdm_ot", "objective": "continuous"}, "objective 'velocity', not"),
         ({"transform_form": "interpolation"}, "transform_form shapes NDM's F"),
         ({"straightness_weight": -1.0}, "straightness_weight"),
+        ({"curvature_weight": -1.0}, "curvature_weight"),
     ],
 )
 def test_settings_an_nfdm_cannot_take_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
-        ModelConfig(process="nfdm", **settings)
+        ModelConfig(**({"process": "nfdm"} | settings))
+
+
+def test_a_version_2_nfdm_ot_record_reads_as_the_nfdm_with_the_straightness_it_trained():
+    """Version 2's ``nfdm_ot`` was NFDM with the straightness penalty at weight 1 (``None``
+    stood for it); a version-2 run resumes as it was trained."""
+    record = config_to_dict(RunConfig(model=ModelConfig(process="nfdm")))
+    record["version"] = 2
+    del record["model"]["curvature_weight"]
+    record["model"] |= {"process": "nfdm_ot", "straightness_weight": None}
+    model = config_from_record(record).model
+    assert (model.process, model.training_objective, model.straightness_weight) == (
+        "nfdm",
+        "continuous",
+        1.0,
+    )
+    assert model.curvature == 0.0
+    record["model"]["process"] = "ndm"
+    assert config_from_record(record).model.straightness_weight == 0.0
 
 
 def test_nfdm_from_the_command_line_trains_resumes_evaluates_and_samples(tmp_path, capsys):
     run = tmp_path / "run"
     tiny = (
-        "--process nfdm_ot --steps 6 --hidden 16 --depth 1 --n-train 256 --n-test 64 "
+        "--process nfdm_ot --schedule fm_ot --parameterisation x --steps 6 --hidden 16 "
+        "--depth 1 --n-train 256 --n-test 64 "
         "--n-eval 32 --n-samples 64 --batch-size 32 --checkpoint-every 3 --log-every 3 "
         "--rtol 1e-3 --atol 1e-3 --nelbo-time-samples 2"
     ).split()

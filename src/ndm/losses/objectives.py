@@ -17,10 +17,18 @@ step per example. Continuous time (eq. 11 with the sign and the ``1/2`` of math.
 with the reverse SDE drift ``f`` of :mod:`ndm.diffusion.gaussian`: NDM's (``nu = gamma``) or
 an NFDM's (:mod:`ndm.diffusion.flow`), which takes the continuous objective only.
 
-Optional penalties, not part of the NELBO: the kinetic energy of the probability-flow
-velocity ``v(z, t) = f(z, x_hat(z, t), t)`` (``g = 0``) along the forward marginals,
-``E_{t ~ U[0, 1]} E_{z_t ~ q(z_t | x)} ||v(z_t, t)||^2``, and the squared acceleration of
-the forward process's conditional paths, ``E ||d^2 z_t / dt^2||^2`` (NFDM-OT's penalty).
+A deterministic reverse process (``g = 0``, the probability-flow ODE alone) has no NELBO: the
+weight ``1 / (2 g^2)`` is infinite. It trains by matching the ODE velocities instead,
+flow matching's loss with the velocity written through ``x_hat``::
+
+    L_vel = E_{t ~ p(t)} || f_ode(z_t, x, t) - f_ode(z_t, x_hat, t) ||^2 / p(t)
+
+Optional penalties, not part of the NELBO, along the forward marginals
+``t ~ U[0, 1]``, ``z_t ~ q(z_t | x)``, with the model's probability-flow velocity
+``v(z, t) = f_ode(z, x_hat(z, t), t)``: its kinetic energy ``E ||v(z_t, t)||^2``; the squared
+acceleration of the generative ODE's paths, ``E ||dv/dt||^2`` with
+``dv/dt = dv/dt|_z + (dv/dz) v`` (NFDM-OT's curvature penalty); and the squared acceleration
+of the forward process's own conditional paths, ``E ||d^2 z_t / dt^2||^2``.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from torch import Tensor
 
 from ndm.diffusion.decoders import Decoder, GaussianDecoder
 from ndm.diffusion.flow import ForwardProcess
-from ndm.diffusion.gaussian import GaussianPath, drift_matching
+from ndm.diffusion.gaussian import GaussianPath, drift_matching, ode_velocity
 from ndm.diffusion.predictors import Predictor, predict
 from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.timesampling import DEFAULT_TIME_SAMPLING, sample_times
@@ -177,6 +185,30 @@ def continuous_nelbo_terms(
     )
 
 
+def velocity_matching_loss(
+    process: ForwardProcess,
+    predictor: Predictor,
+    x: Tensor,
+    time_sampling: str = DEFAULT_TIME_SAMPLING,
+    generator: torch.Generator | None = None,
+    u: Tensor | None = None,
+) -> Tensor:
+    """``|| f_ode(z_t, x, t) - f_ode(z_t, x_hat, t) ||^2 / p(t)`` per example, ``[B]``, at one
+    time per example drawn by ``time_sampling`` (as :func:`continuous_nelbo_terms`) and
+    ``z_t = mu(x, t) + sigma(x, t) noise``: an unbiased estimate of
+    ``int_0^1 E_z ||f_ode(z_t, x, t) - f_ode(z_t, x_hat, t)||^2 dt``, the loss of a
+    deterministic reverse process (``g = 0``). Not a bound on the likelihood; the ODE NLL
+    scores the model it trains. With flow matching's process (``fm_ot``, ``F = x``) it is
+    conditional flow matching's loss: ``f_ode(z_t, x, t) = (1 - sigma_min) eps - x``."""
+    t, density = sample_times(process.schedule, x.shape[0], time_sampling, x, generator, u=u)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    path = process.path(x, t)
+    z_t = path.sample(noise)
+    x_hat = predictor(z_t, t)
+    gap = ode_velocity(path, z_t) - ode_velocity(process.path(x_hat, t), z_t)
+    return gap.flatten(1).pow(2).sum(1) / density
+
+
 def kinetic_energy_penalty(
     process: ForwardProcess,
     predictor: Predictor,
@@ -193,6 +225,35 @@ def kinetic_energy_penalty(
     return velocity.flatten(1).pow(2).sum(1)
 
 
+def curvature_penalty(
+    process: ForwardProcess,
+    predictor: Predictor,
+    x: Tensor,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``|| dv/dt ||^2`` per example ``[B]`` at one ``t ~ U[0, 1]`` and ``z_t ~ q(z_t | x)``:
+    the squared acceleration of the model's generative ODE ``dz = v(z, t) dt``,
+    ``v(z, t) = f_ode(z, x_hat(z, t), t)``, along its own path through ``z_t``::
+
+        dv/dt = dv/dt|_z + (dv/dz) v
+
+    from one ``torch.func.jvp`` of ``v`` in ``(z, t)`` along ``(v, 1)``. Zero exactly when
+    every path the ODE generates is a straight line travelled at constant speed, which one
+    Euler step then integrates exactly (NFDM-OT's penalty). ``v`` depends on the predictor
+    and, through ``f_ode``, on the forward process: the gradient reaches both, and the
+    tangent ``v`` is differentiated too."""
+    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    z_t, _ = process.marginal(x, t, noise)
+
+    def velocity(z: Tensor, time: Tensor) -> Tensor:
+        return process.drift(z, predictor(z, time), time, stochastic=False)
+
+    tangent = (velocity(z_t, t), torch.ones_like(t))
+    _, acceleration = torch.func.jvp(velocity, (z_t, t), tangent)
+    return acceleration.flatten(1).pow(2).sum(1)
+
+
 def straightness_penalty(
     process: ForwardProcess, x: Tensor, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -200,8 +261,8 @@ def straightness_penalty(
     acceleration of the conditional path ``z_t = mu(x, t) + sigma(x, t) eps`` at fixed
     ``x`` and ``eps``, from two nested ``torch.func.jvp`` in ``t``. Zero exactly when every
     conditional path is a straight line travelled at constant speed, as flow matching's
-    are (NFDM-OT's penalty, math.md). It shapes the forward process only: a penalty on
-    the model's own velocity is met by a predictor that stops transporting."""
+    are. It shapes the forward process only; :func:`curvature_penalty` straightens the
+    paths the model generates."""
     t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     one = torch.ones_like(t)

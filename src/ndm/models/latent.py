@@ -90,8 +90,11 @@ class LatentNDM(nn.Module):
         super().__init__()
         if mode not in LATENT_MODES:
             raise ValueError(f"unknown latent mode {mode!r}; choose one of {LATENT_MODES}")
-        if ndm.objective == "simple":
-            raise ValueError("a latent NDM needs a NELBO objective: 'continuous' or 'discrete'")
+        if ndm.objective not in ("continuous", "discrete"):
+            raise ValueError(
+                f"a latent NDM needs a NELBO objective, 'continuous' or 'discrete', not "
+                f"{ndm.objective!r}"
+            )
         self.autoencoder, self.ndm, self.mode = autoencoder, ndm, mode
         self.image_shape, self.latent_shape = tuple(image_shape), tuple(latent_shape)
         self.stage = "diffusion"

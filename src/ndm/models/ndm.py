@@ -27,14 +27,18 @@ from ndm.losses.likelihood import (
 from ndm.losses.objectives import (
     LossTerms,
     continuous_nelbo_terms,
+    curvature_penalty,
     discrete_nelbo_terms,
     kinetic_energy_penalty,
     simple_noise_loss,
     straightness_penalty,
+    velocity_matching_loss,
 )
 from ndm.sampling.samplers import SampleResult, get_sampler, time_grid
 
-OBJECTIVES = ("continuous", "discrete", "simple")
+OBJECTIVES = ("continuous", "discrete", "simple", "velocity")
+#: The objectives an NFDM process trains with.
+FLOW_OBJECTIVES = ("continuous", "velocity")
 
 
 class NDM(nn.Module):
@@ -42,13 +46,17 @@ class NDM(nn.Module):
     a Neural Flow Diffusion Model (NFDM).
 
     ``objective``: ``"continuous"`` (eq. 11, time drawn by ``time_sampling``), ``"discrete"``
-    (eq. 9-10 with ``num_steps`` steps) or ``"simple"`` (noise loss, fixed transforms only);
-    an NFDM trains with ``"continuous"``.
+    (eq. 9-10 with ``num_steps`` steps), ``"simple"`` (noise loss, fixed transforms only) or
+    ``"velocity"`` (the deterministic reverse process's, ``g = 0``: the probability-flow
+    velocities matched, :func:`ndm.losses.objectives.velocity_matching_loss`; not a bound);
+    an NFDM trains with ``"continuous"`` or ``"velocity"``.
     ``kinetic_weight`` ``lambda >= 0`` adds ``lambda E_t ||v(z_t, t)||^2``, the kinetic energy
     of the probability-flow velocity (:func:`ndm.losses.objectives.kinetic_energy_penalty`), to the
-    training loss, and ``straightness_weight`` likewise the squared acceleration of the
-    forward process's conditional paths (:func:`ndm.losses.objectives.straightness_penalty`;
-    NFDM-OT's penalty); the NELBO terms and :meth:`nelbo` include neither. ``num_levels``
+    training loss, ``curvature_weight`` likewise the squared acceleration of the paths the
+    ODE generates (:func:`ndm.losses.objectives.curvature_penalty`; NFDM-OT's penalty), and
+    ``straightness_weight`` that of the forward process's conditional paths
+    (:func:`ndm.losses.objectives.straightness_penalty`); the NELBO terms and :meth:`nelbo`
+    include none of them. ``num_levels``
     (``L``, images only) makes it a model of ``L``-level images in ``[-1, 1]``: data outside
     that range is refused, samples are quantised to the levels' bin centres, and
     :meth:`image_bits_per_dim` scores integer levels. The methods taking data refuse a batch
@@ -66,14 +74,21 @@ class NDM(nn.Module):
         kinetic_weight: float = 0.0,
         num_levels: int | None = None,
         straightness_weight: float = 0.0,
+        curvature_weight: float = 0.0,
     ):
         super().__init__()
-        for name, weight in (("kinetic", kinetic_weight), ("straightness", straightness_weight)):
+        weights = {
+            "kinetic": kinetic_weight,
+            "curvature": curvature_weight,
+            "straightness": straightness_weight,
+        }
+        for name, weight in weights.items():
             if weight < 0:
                 raise ValueError(f"{name}_weight must be non-negative, got {weight}")
-        if isinstance(process, FlowDiffusion) and objective != "continuous":
+        if isinstance(process, FlowDiffusion) and objective not in FLOW_OBJECTIVES:
             raise ValueError(
-                f"an NFDM process trains with objective 'continuous', not {objective!r}"
+                f"an NFDM process trains with objective {' or '.join(map(repr, FLOW_OBJECTIVES))}, "
+                f"not {objective!r}"
             )
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
@@ -90,6 +105,7 @@ class NDM(nn.Module):
         self.objective, self.num_steps, self.time_sampling = objective, num_steps, time_sampling
         self.decoder = decoder or GaussianDecoder()
         self.kinetic_weight, self.straightness_weight = kinetic_weight, straightness_weight
+        self.curvature_weight = curvature_weight
         self.num_levels = num_levels
 
     def with_num_steps(self, num_steps: int) -> NDM:
@@ -105,6 +121,7 @@ class NDM(nn.Module):
             self.kinetic_weight,
             self.num_levels,
             self.straightness_weight,
+            self.curvature_weight,
         )
 
     def check_data(self, x: Tensor) -> None:
@@ -150,14 +167,20 @@ class NDM(nn.Module):
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Training losses per example ``[B]`` (what DDP wraps): the optimised ``loss``; for
         the NELBO objectives the ``nelbo`` estimate and its ``prior``, ``diffusion`` and
-        ``reconstruction`` terms; with a kinetic (straightness) weight the ``kinetic``
-        (``straightness``) penalty before weighting, so that
-        ``loss = nelbo + kinetic_weight * kinetic + straightness_weight * straightness``
+        ``reconstruction`` terms, for the velocity objective its ``velocity`` loss; with a
+        kinetic (curvature, straightness) weight the ``kinetic`` (``curvature``,
+        ``straightness``) penalty before weighting, so that ``loss = nelbo + kinetic_weight *
+        kinetic + curvature_weight * curvature + straightness_weight * straightness``
         (``loss = nelbo`` without them). The penalties draw their times and noise from
-        ``generator`` after the objective's draws, the kinetic one first."""
+        ``generator`` after the objective's draws, in that order."""
         self.check_data(x)
         if self.objective == "simple":
             losses = {"loss": simple_noise_loss(self.process, self.predictor, x, generator)}
+        elif self.objective == "velocity":
+            velocity = velocity_matching_loss(
+                self.process, self.predictor, x, self.time_sampling, generator
+            )
+            losses = {"loss": velocity, "velocity": velocity}
         else:
             terms = self.loss_terms(x, generator).as_dict()
             losses = {"loss": terms["total"], "nelbo": terms.pop("total")} | terms
@@ -165,6 +188,10 @@ class NDM(nn.Module):
             kinetic = kinetic_energy_penalty(self.process, self.predictor, x, generator)
             losses["loss"] = losses["loss"] + self.kinetic_weight * kinetic
             losses["kinetic"] = kinetic
+        if self.curvature_weight > 0:
+            curvature = curvature_penalty(self.process, self.predictor, x, generator)
+            losses["loss"] = losses["loss"] + self.curvature_weight * curvature
+            losses["curvature"] = curvature
         if self.straightness_weight > 0:
             straightness = straightness_penalty(self.process, x, generator)
             losses["loss"] = losses["loss"] + self.straightness_weight * straightness
@@ -172,8 +199,8 @@ class NDM(nn.Module):
         return losses
 
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Per-example training loss ``[B]``: the NELBO estimate or the simple noise loss,
-        plus the weighted kinetic-energy and straightness penalties."""
+        """Per-example training loss ``[B]``: the NELBO estimate, the simple noise loss or the
+        velocity loss, plus the weighted penalties."""
         return self(x, generator)["loss"]
 
     def loss_terms(self, x: Tensor, generator: torch.Generator | None = None) -> LossTerms:
@@ -248,7 +275,9 @@ class NDM(nn.Module):
     ) -> LossTerms:
         """NELBO terms: the sum over all steps (discrete; or its stratified estimate from
         ``num_terms`` of them) or Monte Carlo over time with ``num_time_samples`` draws
-        (continuous and simple objectives)."""
+        (continuous, simple and velocity objectives). A model trained with the velocity
+        objective (``g = 0``) has no bound of its own: this is the bound of its SDE sampler,
+        with the process's volatility, on the same ``x_hat``."""
         self.check_data(x)
         if num_time_samples < 1:
             raise ValueError(f"num_time_samples must be positive, got {num_time_samples}")

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from ndm.diffusion.blur import BlurTransform
-from ndm.diffusion.flow import FlowDiffusion, ForwardProcess, LearnedVolatility, MeanScaleTransform
+from ndm.diffusion.flow import (
+    FlowDiffusion,
+    ForwardProcess,
+    LearnedVolatility,
+    MeanScaleTransform,
+    ScheduleVolatility,
+)
 from ndm.diffusion.predictors import Predictor
 from ndm.diffusion.process import NeuralDiffusion
 from ndm.diffusion.schedules import Schedule, make_schedule
@@ -125,7 +131,8 @@ def build_flow_process(
     """An NFDM process around ``schedule``: the mean and scale from one network of F's
     settings (width, time scale, derivative) with twice the outputs and its output layer
     at zero, so that it starts as the schedule's process with ``F = x``, and the volatility
-    learned from the schedule's."""
+    learned from the schedule's by the continuous objective, else (the velocity objective
+    does not see it; the SDE sampler and the reported bound use it) the schedule's."""
     network = build_network(
         cfg,
         shape,
@@ -135,7 +142,12 @@ def build_flow_process(
         width=cfg.transform_width,
     )
     transform = MeanScaleTransform(network, schedule, cfg.transform_derivative)
-    return FlowDiffusion(transform, LearnedVolatility(schedule), schedule)
+    volatility = (
+        LearnedVolatility(schedule)
+        if cfg.training_objective == "continuous"
+        else ScheduleVolatility(schedule)
+    )
+    return FlowDiffusion(transform, volatility, schedule)
 
 
 def build_model(cfg: ModelConfig, shape: tuple[int, ...], num_levels: int | None = None) -> NDM:
@@ -155,12 +167,13 @@ def build_model(cfg: ModelConfig, shape: tuple[int, ...], num_levels: int | None
     return NDM(
         process,
         Predictor(network, schedule, cfg.parameterisation, variance),
-        objective=cfg.objective,
+        objective=cfg.training_objective,
         num_steps=cfg.num_steps,
         time_sampling=cfg.time_sampling,
         kinetic_weight=cfg.kinetic_weight,
         num_levels=num_levels,
-        straightness_weight=cfg.straightness,
+        straightness_weight=cfg.straightness_weight,
+        curvature_weight=cfg.curvature,
     )
 
 

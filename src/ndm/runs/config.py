@@ -28,17 +28,18 @@ from ndm.diffusion.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS
 from ndm.diffusion.transforms import DERIVATIVES, TRANSFORM_FORMS
 from ndm.losses.likelihood import DIVERGENCES
 from ndm.models.latent import LATENT_MODES
-from ndm.models.ndm import OBJECTIVES
+from ndm.models.ndm import FLOW_OBJECTIVES, OBJECTIVES
 from ndm.nets.checkpointing import CHECKPOINTING
 from ndm.nets.unet import UNET_PRESETS
 from ndm.sampling.samplers import SAMPLERS
 
 TRANSFORMS = ("learned", "separable", "identity", "blur")
 #: Forward processes: NDM's ``N(alpha_t F_phi(x, t), sigma_t^2 I)``; NFDM's learned mean,
-#: scale and volatility; NFDM-OT, NFDM with the straightness penalty.
+#: scale and volatility; NFDM-OT, NFDM's learned mean and scale with a deterministic reverse
+#: process (the velocity objective) and the curvature penalty on its paths.
 PROCESSES = ("ndm", "nfdm", "nfdm_ot")
-#: The straightness weight of ``nfdm_ot`` unless one is given.
-NFDM_OT_STRAIGHTNESS = 1.0
+#: The curvature weight of ``nfdm_ot`` unless one is given.
+NFDM_OT_CURVATURE = 1.0
 REVERSE_VARIANCES = ("auto", "learned", "posterior")
 ARCHITECTURES = ("auto", "mlp", *UNET_PRESETS)
 PRECISIONS = ("fp32", "bf16")
@@ -52,7 +53,7 @@ CLOSED_UNIT_INTERVAL: Check = ("in [0, 1]", lambda v: 0 <= v <= 1)
 
 #: The version of the config a run stores; records without one are read as version 1
 #: (:func:`config_from_record`), where 0 stood for "derived" in the optional settings.
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 #: The largest config file read (a config is a few hundred bytes).
 MAX_CONFIG_BYTES = 1 << 20
 #: What the command line takes for an optional setting's ``None``.
@@ -147,8 +148,9 @@ class ModelConfig(_Section):
     process: str = _option(
         "ndm",
         "forward process: ndm, N(alpha_t F_phi(x, t), sigma_t^2); nfdm, a learned mean, scale "
-        "and volatility (the transform_* settings size its network); nfdm_ot, nfdm with the "
-        "straightness penalty",
+        "and volatility (the transform_* settings size its network); nfdm_ot, nfdm's mean and "
+        "scale with a deterministic reverse process (objective velocity) and the curvature "
+        "penalty; use it with schedule fm_ot and parameterisation x",
         PROCESSES,
     )
     transform: str = _option("learned", "data transform F_phi(x, t)", TRANSFORMS)
@@ -205,7 +207,13 @@ class ModelConfig(_Section):
     parameterisation: str = _option("eps", "predictor output", PARAMETERISATIONS)
     hidden: int = _option(256, "hidden width of both MLPs", check=POSITIVE)
     depth: int = _option(3, "residual blocks of both MLPs", check=POSITIVE)
-    objective: str = _option("continuous", "training objective", OBJECTIVES)
+    objective: str = _option(
+        AUTO,
+        "training objective: continuous or discrete NELBO, simple noise loss, or velocity "
+        "(the probability-flow ODE's velocities matched, g = 0; not a bound) (auto: velocity "
+        "for process nfdm_ot, else continuous)",
+        (*OBJECTIVES, AUTO),
+    )
     num_steps: int = _option(1000, "steps T of the discrete objective", check=POSITIVE)
     time_scale: float | None = _option(
         None,
@@ -231,29 +239,43 @@ class ModelConfig(_Section):
         "probability-flow velocity added to the loss (0: none)",
         check=NON_NEGATIVE,
     )
-    straightness_weight: float | None = _option(
+    curvature_weight: float | None = _option(
         None,
-        "weight of the straightness penalty E ||d^2 z_t / dt^2||^2, the squared acceleration "
-        f"of the forward process's conditional paths (auto: {NFDM_OT_STRAIGHTNESS:g} for "
-        "process nfdm_ot, else 0)",
+        "weight of the curvature penalty E ||dv/dt||^2, the squared acceleration of the paths "
+        f"the probability-flow ODE generates (auto: {NFDM_OT_CURVATURE:g} for process "
+        "nfdm_ot, else 0)",
         check=NON_NEGATIVE,
         kind=float,
     )
+    straightness_weight: float = _option(
+        0.0,
+        "weight of the straightness penalty E ||d^2 z_t / dt^2||^2, the squared acceleration "
+        "of the forward process's conditional paths (0: none)",
+        check=NON_NEGATIVE,
+    )
 
     @property
-    def straightness(self) -> float:
-        """The straightness weight: ``straightness_weight``, or when it is ``None``
-        :data:`NFDM_OT_STRAIGHTNESS` for ``nfdm_ot`` and 0 otherwise."""
-        if self.straightness_weight is not None:
-            return self.straightness_weight
-        return NFDM_OT_STRAIGHTNESS if self.process == "nfdm_ot" else 0.0
+    def curvature(self) -> float:
+        """The curvature weight: ``curvature_weight``, or when it is ``None``
+        :data:`NFDM_OT_CURVATURE` for ``nfdm_ot`` and 0 otherwise."""
+        if self.curvature_weight is not None:
+            return self.curvature_weight
+        return NFDM_OT_CURVATURE if self.process == "nfdm_ot" else 0.0
+
+    @property
+    def training_objective(self) -> str:
+        """The objective: ``objective``, or when it is ``auto`` ``velocity`` for ``nfdm_ot``
+        and ``continuous`` otherwise."""
+        if self.objective != AUTO:
+            return self.objective
+        return "velocity" if self.process == "nfdm_ot" else "continuous"
 
     @property
     def learns_variance(self) -> bool:
         """Whether the predictor also predicts ``Var[x | z_t]`` (``reverse_variance``
         ``learned``, or ``auto`` with the discrete objective)."""
         if self.reverse_variance == "auto":
-            return self.objective == "discrete"
+            return self.training_objective == "discrete"
         return self.reverse_variance == "learned"
 
     @property
@@ -263,7 +285,7 @@ class ModelConfig(_Section):
         ``t = i / T`` becomes the step index ``i``) and 1000 otherwise."""
         if self.time_scale is not None:
             return self.time_scale
-        return float(self.num_steps) if self.objective == "discrete" else 1000.0
+        return float(self.num_steps) if self.training_objective == "discrete" else 1000.0
 
     @property
     def transform_network_time_scale(self) -> float:
@@ -275,15 +297,15 @@ class ModelConfig(_Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.objective == "simple" and self.transform in ("learned", "separable"):
+        if self.training_objective == "simple" and self.transform in ("learned", "separable"):
             raise ValueError(
                 f"objective 'simple' collapses a {self.transform} transform to 0; use objective "
                 "'continuous' or 'discrete', or transform 'identity'"
             )
-        if self.reverse_variance == "learned" and self.objective != "discrete":
+        if self.reverse_variance == "learned" and self.training_objective != "discrete":
             raise ValueError(
                 f"reverse_variance 'learned' is trained by the discrete objective; objective "
-                f"{self.objective!r} leaves it untrained: use 'auto' or 'posterior'"
+                f"{self.training_objective!r} leaves it untrained: use 'auto' or 'posterior'"
             )
         learned_only = {
             "transform_form": "residual",
@@ -312,8 +334,9 @@ class ModelConfig(_Section):
             )
 
     def _check_nfdm(self) -> None:
-        """An NFDM's network is sized by the learned transform's settings, and it trains
-        with the continuous objective."""
+        """An NFDM's network is sized by the learned transform's settings; it trains with
+        the continuous objective or the velocity one, and NFDM-OT, whose reverse process is
+        deterministic, with the velocity one."""
         if self.transform != "learned":
             raise ValueError(
                 f"process {self.process!r} learns its own mean and scale; transform "
@@ -322,10 +345,11 @@ class ModelConfig(_Section):
         for name in ("transform_form", "transform_init_scale"):
             if getattr(self, name) != getattr(type(self), name):
                 raise ValueError(f"{name} shapes NDM's F; process {self.process!r} has none")
-        if self.objective != "continuous":
+        allowed = ("velocity",) if self.process == "nfdm_ot" else FLOW_OBJECTIVES
+        if self.training_objective not in allowed:
             raise ValueError(
-                f"process {self.process!r} trains with objective 'continuous', not "
-                f"{self.objective!r}"
+                f"process {self.process!r} trains with objective "
+                f"{' or '.join(map(repr, allowed))}, not {self.training_objective!r}"
             )
 
 
@@ -515,13 +539,13 @@ class RunConfig:
                 f"a latent NDM encodes images; dataset {self.data.dataset!r} holds 2-D points: "
                 "drop the latent options or choose an image dataset"
             )
-        if self.latent.enabled and self.model.objective == "simple":
+        if self.latent.enabled and self.model.training_objective not in ("continuous", "discrete"):
             raise ValueError(
-                "a latent NDM is trained on its bound; objective 'simple' is not one: use "
-                "'continuous' or 'discrete'"
+                f"a latent NDM is trained on its bound; objective {self.model.training_objective!r} is "
+                "not one: use 'continuous' or 'discrete'"
             )
         terms = self.eval.nelbo_terms
-        if self.model.objective == "discrete" and terms and self.model.num_steps % terms:
+        if self.model.training_objective == "discrete" and terms and self.model.num_steps % terms:
             raise ValueError(
                 f"nelbo_terms {terms} must divide num_steps {self.model.num_steps} "
                 "(auto: all terms)"
@@ -610,7 +634,7 @@ _DERIVED_AS_ZERO_IN_VERSION_1 = {
 
 
 def _from_version_1(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A version-1 record in version 2: a model setting that an earlier version did not
+    """A version-1 record in version 2 (:func:`_from_version_2` takes it on): a model setting that an earlier version did not
     store has the value that version used (the posterior reverse variance, and time
     embeddings at 1000 t, which was also the stored ``transform_time_scale`` of transforms
     it did not shape), and the 0 of a derived setting is ``None``."""
@@ -628,14 +652,33 @@ def _from_version_1(data: Mapping[str, Any]) -> dict[str, Any]:
         for name in names if isinstance(values, dict) else ():
             if values.get(name) == 0:
                 values[name] = None
+    return data | {"version": 2}
+
+
+def _from_version_2(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A version-2 record in version 3. Version 2's ``nfdm_ot`` was NFDM with the
+    straightness penalty at weight 1 unless given (``None``, ``auto``), which version 3
+    spells as process ``nfdm`` with that weight: its runs resume as they were trained.
+    Version 3's ``nfdm_ot`` is the deterministic reverse process with the curvature
+    penalty."""
+    data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    model = data.get("model")
+    if isinstance(model, dict):
+        old_ot = model.get("process") == "nfdm_ot"
+        if old_ot:
+            model["process"] = "nfdm"
+        if model.get("straightness_weight") is None:
+            model["straightness_weight"] = 1.0 if old_ot else 0.0
     return data | {"version": CONFIG_VERSION}
 
 
 def config_from_record(data: Mapping[str, Any]) -> RunConfig:
     """:func:`config_from_dict` of a config stored by a run or an export, of this version
-    or (without a ``version``) of version 1."""
+    or of an earlier one (version 1 has no ``version``)."""
     if isinstance(data, Mapping) and "version" not in data:
         data = _from_version_1(data)
+    if isinstance(data, Mapping) and data.get("version") == 2:
+        data = _from_version_2(data)
     return config_from_dict(data)
 
 
