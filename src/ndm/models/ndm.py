@@ -277,7 +277,9 @@ class NDM(nn.Module):
         ``num_terms`` of them) or Monte Carlo over time with ``num_time_samples`` draws
         (continuous, simple and velocity objectives). A model trained with the velocity
         objective (``g = 0``) has no bound of its own: this is the bound of its SDE sampler,
-        with the process's volatility, on the same ``x_hat``."""
+        with the process's volatility, on the same ``x_hat``, estimated with the default
+        ``p(t)`` (uniform in ``gamma``) rather than the velocity loss's: the bound's
+        integrand peaks where ``sigma_t`` is small, which a uniform ``t`` rarely draws."""
         self.check_data(x)
         if num_time_samples < 1:
             raise ValueError(f"num_time_samples must be positive, got {num_time_samples}")
@@ -293,12 +295,15 @@ class NDM(nn.Module):
                 generator,
                 num_terms,
             )
+        time_sampling = (
+            DEFAULT_TIME_SAMPLING if self.objective == "velocity" else self.time_sampling
+        )
         return continuous_nelbo(
             self.process,
             self.predictor,
             x,
             num_time_samples,
-            self.time_sampling,
+            time_sampling,
             self.decoder,
             generator,
         )
