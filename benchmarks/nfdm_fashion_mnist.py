@@ -13,7 +13,8 @@ FID (features of a small classifier trained on the training split) of DDIM sampl
 1, 2, 4, 8 and 16 steps and of adaptive (dopri5) probability-flow ODE samples.
 Usage::
 
-    python -m benchmarks.nfdm_fashion_mnist --out benchmarks/results/nfdm_fashion_mnist.md
+    python -m benchmarks.nfdm_fashion_mnist --models DDPM NDM NFDM FM \
+        --out benchmarks/results/nfdm_fashion_mnist.md
 """
 
 from __future__ import annotations
@@ -159,15 +160,21 @@ def main() -> None:
             f"{row['step_seconds']:.3f}", ratio,
         ])  # fmt: skip
     t = first.train
+    flows = [label for label in rows if MODELS[label].items() >= FLOW.items()]
+    settings = ", ".join(f"{k} {v}" for k, v in FLOW.items())
+    flow_text = (
+        f"{', '.join(flows)}: velocity objective (g = 0; the NELBO is the SDE sampler's with "
+        f"the schedule's volatility), {settings}. "
+        if flows
+        else ""
+    )
     lines = [
         f"# Fashion-MNIST 16x16, continuous time: {', '.join(rows)}, {t.steps} steps each",
         "",
         f"U-Net {first.model.architecture} for x_theta (and for F_phi, or NFDM's mean and "
         f"scale), batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}, seed {args.seed}. "
         f"DDPM, NDM, NFDM: continuous NELBO, schedule {first.model.schedule}, time sampling "
-        f"{first.model.time_sampling}. FM, NFDM-OT: velocity objective (g = 0; their NELBO is "
-        f"the SDE sampler's with the schedule's volatility), "
-        f"{', '.join(f'{k} {v}' for k, v in FLOW.items())}. "
+        f"{first.model.time_sampling}. {flow_text}"
         f"{args.n_eval} dequantised test images, the same images and noise for every model. "
         f"FID features: {described['fid_features']}"
         + (

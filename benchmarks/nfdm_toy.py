@@ -253,7 +253,7 @@ def main() -> None:
             )
             if (
                 seed == args.seeds[0]
-                and name != "DDPM"
+                and settings["transform"] != "identity"
                 and args.out
                 and base.data.dataset != "points"
             ):
