@@ -185,6 +185,22 @@ def continuous_nelbo_terms(
     )
 
 
+def uniform_time_and_noise(
+    x: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(t ~ U[0, 1] [B], noise ~ N(0, I)`` of the shape of ``x``), drawn in that order from
+    ``generator``: the draws of the penalties and of the simple noise loss."""
+    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return t, noise
+
+
+def model_velocity(process: ForwardProcess, predictor: Predictor, z: Tensor, t: Tensor) -> Tensor:
+    """The model's probability-flow velocity ``v(z, t) = f_ode(z, x_hat(z, t), t)``, shape
+    of ``z``."""
+    return process.drift(z, predictor(z, t), t, stochastic=False)
+
+
 def velocity_matching_loss(
     process: ForwardProcess,
     predictor: Predictor,
@@ -218,11 +234,9 @@ def kinetic_energy_penalty(
     """``||v(z_t, t)||^2`` per example ``[B]`` at one ``t ~ U[0, 1]`` and ``z_t ~ q(z_t | x)``,
     ``v`` the probability-flow velocity of the model: an unbiased estimate of
     ``int_0^1 E ||v(z_t, t)||^2 dt``. Its gradient reaches the predictor and the transform."""
-    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    t, noise = uniform_time_and_noise(x, generator)
     z_t, _ = process.marginal(x, t, noise)
-    velocity = process.drift(z_t, predictor(z_t, t), t, stochastic=False)
-    return velocity.flatten(1).pow(2).sum(1)
+    return model_velocity(process, predictor, z_t, t).flatten(1).pow(2).sum(1)
 
 
 def curvature_penalty(
@@ -242,12 +256,11 @@ def curvature_penalty(
     Euler step then integrates exactly (NFDM-OT's penalty). ``v`` depends on the predictor
     and, through ``f_ode``, on the forward process: the gradient reaches both, and the
     tangent ``v`` is differentiated too."""
-    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    t, noise = uniform_time_and_noise(x, generator)
     z_t, _ = process.marginal(x, t, noise)
 
     def velocity(z: Tensor, time: Tensor) -> Tensor:
-        return process.drift(z, predictor(z, time), time, stochastic=False)
+        return model_velocity(process, predictor, z, time)
 
     tangent = (velocity(z_t, t), torch.ones_like(t))
     _, acceleration = torch.func.jvp(velocity, (z_t, t), tangent)
@@ -263,8 +276,7 @@ def straightness_penalty(
     conditional path is a straight line travelled at constant speed, as flow matching's
     are. It shapes the forward process only; :func:`curvature_penalty` straightens the
     paths the model generates."""
-    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    t, noise = uniform_time_and_noise(x, generator)
     one = torch.ones_like(t)
 
     def position(time: Tensor) -> Tensor:
@@ -293,8 +305,7 @@ def simple_noise_loss(
             "the simple noise loss collapses a learned transform to 0; "
             "use the full NELBO objective with a learned F"
         )
-    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    t, noise = uniform_time_and_noise(x, generator)
     sched = process.schedule(t)
     z_t, _ = process.marginal(x, t, noise)
     x_hat = predictor(z_t, t)
