@@ -12,7 +12,8 @@ seeds of:
 
 - the test NLL (probability-flow ODE, exact divergence, dopri5) and NELBO, in nats, beside
   the data's entropy;
-- the training step's time and its memory (saved-for-backward storages at the batch);
+- the training step's time and the peak memory its forward and backward pass adds at the
+  batch (torch's CPU allocations, from the profiler; measured each time, not cached);
 - the probability-flow paths from 1000 noise draws: the map's transport cost
   ``mean ||z_0 - z_1||^2``, the kinetic energy, and the straightness
   ``||z_0 - z_1||^2 / E`` (1 for straight paths at constant speed);
@@ -61,9 +62,11 @@ from ndm.analysis.transport import (
 from ndm.data.atomic import atomic_write
 from ndm.data.points import save_points
 from ndm.data.toy2d import DATASETS, log_density
+from ndm.diffusion.flow import FlowDiffusion
+from ndm.diffusion.transforms import IdentityTransform
 from ndm.evaluation.evaluate import evaluate
 from ndm.models.ndm import NDM
-from ndm.plots.points import plot_transform
+from ndm.plots.points import plot_scale, plot_transform
 from ndm.runs.config import DataConfig, RunConfig
 from ndm.runs.folder import METRICS, read_metrics
 from ndm.runs.inputs import load_data
@@ -111,8 +114,6 @@ def measure(cfg: RunConfig, run_dir: Path, nfes: list[int], dataset: str) -> dic
     splits = load_data(cfg.data)
     metrics = evaluate(model, splits, cfg.eval)
     steps = [line["seconds_per_step"] for line in read_metrics(run_dir / METRICS)]
-    batch = splits.train[: cfg.train.batch_size]
-    memory = pass_bytes(model, batch, torch.Generator().manual_seed(0), False)
     z1 = torch.randn(SAMPLES, *splits.shape, generator=torch.Generator().manual_seed(2))
     times = torch.linspace(1.0, 0.0, PATH_TIMES)
     paths = probability_flow_paths(model.process, model.predictor, z1, times)
@@ -128,12 +129,28 @@ def measure(cfg: RunConfig, run_dir: Path, nfes: list[int], dataset: str) -> dic
         "nelbo": metrics["nelbo"],
         "entropy": MIXTURE.entropy() if dataset == "mixture1d" else splits.entropy,
         "step_seconds": statistics.median(steps),
-        "memory_mib": memory / 2**20,
         "map_cost": map_transport_cost(z1, paths.path[-1]),
         "kinetic": float(kinetic_energy(paths.velocity, times).mean()),
         "straightness": float(path_straightness(paths.path, paths.velocity, times).mean()),
         "quality": quality,
     }
+
+
+def peak_memory_mib(cfg: RunConfig, model: NDM) -> float:
+    """The peak memory, in MiB, one training pass of ``model`` adds at the batch size."""
+    batch = load_data(cfg.data).train[: cfg.train.batch_size]
+    generator = torch.Generator().manual_seed(0)
+    return pass_bytes(model, batch, generator, False, peak=True) / 2**20
+
+
+def figures(model: NDM, data: Tensor, out: Path, name: str) -> None:
+    """Beside ``out``: Figure 2a's plot of a learned transform, and an NFDM's learned
+    scale, on the 2-D ``data [N, 2]``."""
+    stem = out.with_name(f"{out.stem}_{name.lower()}")
+    if not isinstance(model.process.transform, IdentityTransform):
+        plot_transform(model, data, f"{stem}_transform.png")
+    if isinstance(model.process, FlowDiffusion):
+        plot_scale(model.process, data, f"{stem}_scale.png")
 
 
 def data_config(dataset: str, runs_dir: Path) -> DataConfig:
@@ -165,7 +182,7 @@ def tables(rows: dict[str, list[dict]], nfes: list[int], dataset: str) -> list[s
         "test NLL (nats)": summary(rows, "nll"),
         "NELBO (nats)": summary(rows, "nelbo"),
         "s / step": summary(rows, "step_seconds", ".4f"),
-        "memory (MiB)": summary(rows, "memory_mib", ".1f"),
+        "peak memory (MiB)": summary(rows, "peak_mib", ".1f"),
         "transport cost": summary(rows, "map_cost"),
         "kinetic energy": summary(rows, "kinetic"),
         "straightness": summary(rows, "straightness"),
@@ -246,20 +263,13 @@ def main() -> None:
             )
             run_dir = args.runs_dir / f"{name}-seed{seed}"
             key = f"{args.steps} steps, nfe {args.nfe}, n_eval {args.n_eval}"
-            rows.setdefault(name, []).append(
-                cached_row(
-                    run_dir, key, lambda c=cfg, r=run_dir: measure(c, r, args.nfe, args.dataset)
-                )
+            row = cached_row(
+                run_dir, key, lambda c=cfg, r=run_dir: measure(c, r, args.nfe, args.dataset)
             )
-            if (
-                seed == args.seeds[0]
-                and settings["transform"] != "identity"
-                and args.out
-                and base.data.dataset != "points"
-            ):
-                figure = args.out.with_name(f"{args.out.stem}_{name.lower()}_transform.png")
-                model = trained_model(cfg, run_dir)
-                plot_transform(model, load_data(cfg.data).test[:2000], figure)
+            model = trained_model(cfg, run_dir)
+            rows.setdefault(name, []).append(row | {"peak_mib": peak_memory_mib(cfg, model)})
+            if seed == args.seeds[0] and args.out and base.data.dataset != "points":
+                figures(model, load_data(cfg.data).test[:2000], args.out, name)
     m, t = base.model, base.train
     ot_model = replace(m, **MODELS["NFDM-OT"], curvature_weight=args.curvature_weight)
     flow = ", ".join(f"{k} {v}" for k, v in FLOW.items())

@@ -17,6 +17,7 @@ from ndm.runs.memory import (
     HEADROOM,
     budget_bytes,
     micro_batches_to_fit,
+    pass_bytes,
     planned_bytes,
     probe_bytes,
     state_bytes,
@@ -70,6 +71,28 @@ def test_probes_grow_with_the_batch_and_leave_no_trace():
     assert all(p.grad is None for p in state.model.parameters())
     params = sum(p.numel() for p in state.model.parameters()) * 4
     assert state_bytes(state.model, state.ema) == 5 * params
+
+
+class _ExpLoss(torch.nn.Module):
+    """``loss = sum exp(w x)``: ``w x`` and its exponential (saved for the backward pass)
+    are held at once, and each of the backward pass's buffers replaces one of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, generator):
+        return {"loss": (self.w * x).exp().sum(1)}
+
+
+def test_cpu_peak_is_the_most_a_pass_holds_at_once():
+    x = torch.randn(256, 1024)  # 1 MiB
+    model, before = _ExpLoss(), torch.get_rng_state()
+    peak = pass_bytes(model, x, torch.Generator(), False, peak=True)
+    assert 2 * 2**20 <= peak < 2 * 2**20 + 2**14  # two 1 MiB tensors, and scalars
+    assert torch.equal(torch.get_rng_state(), before) and model.w.grad is None
+    saved = pass_bytes(model, x, torch.Generator(), False)
+    assert saved == 2 * 2**20  # x and exp(w x); w is a parameter
 
 
 def _weights(run_dir) -> dict[str, torch.Tensor]:

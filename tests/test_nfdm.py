@@ -154,6 +154,11 @@ def test_an_untrained_nfdm_is_vdm_and_its_ends_are_the_schedule_s():
         torch.testing.assert_close(path.std, per_example(sched.sigma, x).expand_as(x))
     middle = flow.path(x, t)
     assert float(middle.std.detach().std(0).mean()) > 1e-3  # the scale depends on x in between
+    ratio = flow.log_scale_ratio(x, t)
+    torch.testing.assert_close(ratio, (middle.std / per_example(schedule(t).sigma, x)).log())
+    for time in (0.0, 1.0):  # the ends are the schedule's, and so is an untrained NFDM
+        assert flow.log_scale_ratio(x, torch.full_like(t, time)).abs().max() < 1e-12
+    assert model.process.log_scale_ratio(x, t).abs().max() < 1e-12
 
 
 def test_an_nfdm_on_a_learned_schedule_is_vdm_on_it_and_its_bound_trains_the_schedule():
@@ -243,9 +248,9 @@ def test_the_forward_sde_with_a_learned_volatility_keeps_the_marginals():
                 assert ((groups.mean(1) - exact.mean).abs() < 5 * error + 2e-3).all()
                 rel = groups.std(1) / exact.std
                 assert ((rel - 1).abs() < 0.05).all(), rel
-    assert float(flow.g2(torch.tensor([0.5], dtype=torch.float64))) != float(
-        ScheduleVolatility(flow.schedule)(torch.tensor([0.5], dtype=torch.float64))
-    )  # the learned volatility is not NDM's
+    half = torch.tensor([0.5], dtype=torch.float64)
+    with torch.no_grad():  # the learned volatility is not NDM's
+        assert float(flow.g2(half)) != float(ScheduleVolatility(flow.schedule)(half))
 
 
 @pytest.fixture(scope="module")
@@ -509,6 +514,7 @@ def test_nfdm_from_the_command_line_trains_resumes_evaluates_and_samples(tmp_pat
         "--rtol 1e-3 --atol 1e-3 --nelbo-time-samples 2"
     ).split()
     assert main(["train", "--run-dir", str(run), *tiny]) == 0
+    assert (run / "scale.png").read_bytes().startswith(b"\x89PNG")  # its learned scale
     assert main(["train", "--run-dir", str(run), "--resume", "--steps", "9"]) == 0
     assert main(["eval", str(run), "--n-eval", "32"]) == 0
     out = tmp_path / "ddim.png"

@@ -159,6 +159,13 @@ class FlowDiffusion(nn.Module):
         alpha = per_example(self.schedule(t).alpha, x)
         return mean / alpha.clamp_min(torch.finfo(alpha.dtype).tiny)
 
+    def log_scale_ratio(self, x: Tensor, t: Tensor) -> Tensor:
+        """``log(sigma(x, t) / sigma_t)``, shape of ``x``: how far the learned scale is from
+        the reference schedule's (0 at ``t = 0`` and ``t = 1`` by construction, and
+        everywhere for an untrained NFDM or a fixed process on the schedule)."""
+        _, log_std = self._mean_and_log_std(x, t)
+        return log_std - per_example(self.schedule(t).sigma, x).log()
+
     def prior_kl(self, x: Tensor) -> Tensor:
         """``KL(q(z_1 | x) || N(0, I))`` per example, ``[B]``, in nats (the reference
         schedule's for ``F = x`` with a :class:`MeanScaleTransform`)."""

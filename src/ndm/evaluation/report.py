@@ -12,11 +12,12 @@ import torch
 from torch import Tensor
 
 from ndm.data.loading import Splits, model_input
+from ndm.diffusion.flow import FlowDiffusion
 from ndm.evaluation.evaluate import evaluate, fid_features, sample_images, sample_quality
 from ndm.models.latent import LatentNDM
 from ndm.models.protocol import DiffusionModel
 from ndm.plots.images import plot_image_samples, plot_image_transform, plot_predictions_from_noise
-from ndm.plots.points import plot_samples, plot_trajectories, plot_transform
+from ndm.plots.points import plot_samples, plot_scale, plot_trajectories, plot_transform
 from ndm.runs.checkpoint import save_json
 from ndm.runs.config import RunConfig, config_to_dict
 from ndm.runs.folder import METRICS_SUMMARY
@@ -114,7 +115,8 @@ def plot_drawn(samples: Tensor, splits: Splits, out: Path, caption: str) -> None
 
 def _plot_model(model: DiffusionModel, cfg: RunConfig, splits: Splits, run_dir: Path) -> None:
     """What the learned transform does, for a pixel model: ``F_phi(x, t)`` across ``t``
-    and, for images, the predictions from noise (a latent NDM's act on latents)."""
+    and, for images, the predictions from noise (a latent NDM's act on latents); for a
+    2-D NFDM also its learned scale."""
     if isinstance(model, LatentNDM):
         return
     if splits.is_image:
@@ -125,6 +127,8 @@ def _plot_model(model: DiffusionModel, cfg: RunConfig, splits: Splits, run_dir: 
     else:
         shown = splits.test if splits.test.shape[0] else splits.train
         plot_transform(model, shown[:TRANSFORM_POINTS], run_dir / "transform.png")
+        if isinstance(model.process, FlowDiffusion):
+            plot_scale(model.process, shown[:TRANSFORM_POINTS], run_dir / "scale.png")
 
 
 def report_run(model: DiffusionModel, cfg: RunConfig, run_dir: Path, level: str) -> dict:

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ndm.analysis.diagnostics import transform_displacement
+from ndm.diffusion.flow import FlowDiffusion
 from ndm.models.ndm import NDM
 from ndm.plots.figures import save_figure
 
@@ -85,6 +86,32 @@ def plot_transform(
         _style(ax, f"F(x, t={t:g}), moved {r:.2g}", limits)
     fig.colorbar(shown, ax=list(axes), fraction=0.02, ticks=range(0, 16, 3),
                  label="cell of x (4 x 4 grid)")  # fmt: skip
+    save_figure(fig, path, DPI)
+
+
+@torch.no_grad()
+def plot_scale(
+    process: FlowDiffusion,
+    data: Tensor,
+    path: str | Path,
+    times: Sequence[float] = (0.25, 0.5, 0.75),
+) -> None:
+    """An NFDM's learned scale: each data point ``x`` [N, 2] coloured by
+    ``log(sigma(x, t) / sigma_t)`` averaged over the two dimensions, one panel for each of
+    ``times`` (blue: less noise than the reference schedule, red: more); titles give the
+    mean over the points."""
+    param = next(process.parameters())
+    x = data.to(device=param.device, dtype=param.dtype)
+    ratios = [process.log_scale_ratio(x, torch.full_like(x[:, 0], t)).mean(1).cpu() for t in times]
+    bound = max(max(float(r.abs().max()) for r in ratios), 1e-6)
+    points = data.detach().float().cpu()
+    fig = Figure(figsize=(3.2 * len(times) + 1, 3.4))
+    axes = fig.subplots(1, len(times), squeeze=False)[0]
+    for ax, ratio, t in zip(axes, ratios, times, strict=True):
+        shown = ax.scatter(points[:, 0], points[:, 1], c=ratio, cmap="coolwarm", vmin=-bound,
+                           vmax=bound, s=POINT["s"], linewidths=0)  # fmt: skip
+        _style(ax, f"t={t:g}, mean {float(ratio.mean()):+.2g}", _limits(points))
+    fig.colorbar(shown, ax=list(axes), fraction=0.02, label="log(sigma(x, t) / sigma_t)")
     save_figure(fig, path, DPI)
 
 

@@ -20,6 +20,7 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.autograd import DeviceType
 
 from ndm.data.host_memory import GIB, require_memory
 from ndm.data.loading import Splits, model_input
@@ -90,9 +91,29 @@ def _saved_storages(model: nn.Module, sizes: dict[int, int]) -> Iterator[None]:
         yield
 
 
-def pass_bytes(model: nn.Module, x: Tensor, generator: torch.Generator, bf16: bool) -> int:
+def _allocation_peak(profiler: torch.profiler.profile) -> int:
+    """The peak, in bytes, of what torch allocated on the CPU and had not released, over
+    the profiled block: the running sum of the profiler's allocation (positive) and
+    release (negative) records in time order."""
+    records = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in profiler.profiler.kineto_results.events()
+        if event.name() == "[memory]" and event.device_type() == DeviceType.CPU
+    )
+    held = peak = 0
+    for _, size in records:
+        held += size
+        peak = max(peak, held)
+    return peak
+
+
+def pass_bytes(
+    model: nn.Module, x: Tensor, generator: torch.Generator, bf16: bool, peak: bool = False
+) -> int:
     """Bytes one forward and backward pass of the loss on ``x`` adds to what the process
-    holds: the peak CUDA allocation's growth, or on a CPU the saved tensors' storages.
+    holds: the peak allocation's growth (on CUDA, and on a CPU with ``peak``, from the
+    profiler's record of every allocation), or on a CPU the saved tensors' storages, which
+    leave out the passes' transient buffers and are what the planner extrapolates.
     The parameters' gradients are left unset, and the random state as it was."""
     device = x.device
     sizes: dict[int, int] = {}
@@ -101,17 +122,23 @@ def pass_bytes(model: nn.Module, x: Tensor, generator: torch.Generator, bf16: bo
             torch.cuda.synchronize(device)
             before = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
-        recording = _saved_storages(model, sizes) if device.type != "cuda" else None
-        with recording or contextlib.nullcontext():  # the backward pass's recomputations too
+            recording = contextlib.nullcontext()
+        elif peak:
+            recording = torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+            )
+        else:
+            recording = _saved_storages(model, sizes)
+        with recording as profiler:  # the backward pass's recomputations too
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 loss = model(x, generator)["loss"].float().mean()
             loss.backward()
-        del loss
+            del loss
         model.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    return sum(sizes.values())
+    return _allocation_peak(profiler) if peak else sum(sizes.values())
 
 
 def probe_bytes(
