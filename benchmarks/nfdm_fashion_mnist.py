@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks.fashion_mnist import DEBIAN_PATH, PRESETS
 from benchmarks.harness import cached_row, environment, markdown_table, report, trained_model
-from benchmarks.nfdm_toy import FLOW, MODELS
+from benchmarks.nfdm_toy import MODELS, models_text
 from ndm.data.loading import Splits, model_input
 from ndm.evaluation.evaluate import evaluate, fid_features, paired_difference, sample_quality
 from ndm.evaluation.fid import frechet_distance
@@ -160,21 +160,13 @@ def main() -> None:
             f"{row['step_seconds']:.3f}", ratio,
         ])  # fmt: skip
     t = first.train
-    flows = [label for label in rows if MODELS[label].items() >= FLOW.items()]
-    settings = ", ".join(f"{k} {v}" for k, v in FLOW.items())
-    flow_text = (
-        f"{', '.join(flows)}: velocity objective (g = 0; the NELBO is the SDE sampler's with "
-        f"the schedule's volatility), {settings}. "
-        if flows
-        else ""
-    )
+    curvature = config(args, MODELS["NFDM-OT"]).model.curvature
     lines = [
         f"# Fashion-MNIST 16x16, continuous time: {', '.join(rows)}, {t.steps} steps each",
         "",
         f"U-Net {first.model.architecture} for x_theta (and for F_phi, or NFDM's mean and "
         f"scale), batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}, seed {args.seed}. "
-        f"DDPM, NDM, NFDM: continuous NELBO, schedule {first.model.schedule}, time sampling "
-        f"{first.model.time_sampling}. {flow_text}"
+        f"{models_text(list(rows), first.model, curvature)}"
         f"{args.n_eval} dequantised test images, the same images and noise for every model. "
         f"FID features: {described['fid_features']}"
         + (

@@ -67,7 +67,7 @@ from ndm.diffusion.transforms import IdentityTransform
 from ndm.evaluation.evaluate import evaluate
 from ndm.models.ndm import NDM
 from ndm.plots.points import plot_scale, plot_transform
-from ndm.runs.config import DataConfig, RunConfig
+from ndm.runs.config import DataConfig, ModelConfig, RunConfig
 from ndm.runs.folder import METRICS, read_metrics
 from ndm.runs.inputs import load_data
 from ndm.runs.memory import pass_bytes
@@ -84,6 +84,28 @@ MODELS = {
 }
 PATH_TIMES = 65
 SAMPLES = 1000
+
+
+def models_text(names: list[str], bound: ModelConfig, curvature: float) -> str:
+    """The sentences that describe the models of ``names``: the NELBO-trained ones with
+    ``bound``'s schedule, objective and time sampling, the flow models with :data:`FLOW`'s
+    and NFDM-OT's ``curvature`` weight (each sentence only if it has models)."""
+    flows = [name for name in names if MODELS[name].items() >= FLOW.items()]
+    bounds = [name for name in names if name not in flows]
+    text = ""
+    if bounds:
+        text += (
+            f"{', '.join(bounds)}: schedule {bound.schedule}, {bound.training_objective} "
+            f"objective, time sampling {bound.time_sampling}. "
+        )
+    if flows:
+        settings = ", ".join(f"{key} {value}" for key, value in FLOW.items())
+        text += (
+            f"{', '.join(flows)}: {settings}, velocity objective (g = 0; the NELBO is the SDE "
+            "sampler's with the schedule's volatility)"
+        )
+        text += f"; NFDM-OT's curvature weight {curvature:g}. " if "NFDM-OT" in flows else ". "
+    return text
 
 
 def energy_distance(x: Tensor, y: Tensor) -> float:
@@ -271,18 +293,14 @@ def main() -> None:
             if seed == args.seeds[0] and args.out and base.data.dataset != "points":
                 figures(model, load_data(cfg.data).test[:2000], args.out, name)
     m, t = base.model, base.train
-    ot_model = replace(m, **MODELS["NFDM-OT"], curvature_weight=args.curvature_weight)
-    flow = ", ".join(f"{k} {v}" for k, v in FLOW.items())
+    curvature = replace(m, **MODELS["NFDM-OT"], curvature_weight=args.curvature_weight).curvature
     lines = [
         f"# {args.dataset}: {', '.join(args.models)}, {args.steps} steps each, seeds {args.seeds}",
         "",
         f"Every model: MLP {m.hidden}x{m.depth} for x_theta (and for F_phi, or NFDM's mean "
-        f"and scale), batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}. DDPM, NDM, NFDM: "
-        f"schedule {m.schedule}, {m.training_objective} objective, time sampling "
-        f"{m.time_sampling}. FM and NFDM-OT: {flow}, velocity objective (g = 0; their NELBO "
-        f"is the SDE sampler's with the schedule's volatility); NFDM-OT's curvature weight "
-        f"{ot_model.curvature:g}. Test set: {args.n_eval} points; mean ± standard error over "
-        f"seeds. {environment()}.",
+        f"and scale), batch {t.batch_size}, lr {t.lr}, EMA {t.ema_decay}. "
+        f"{models_text(args.models, m, curvature)}Test set: {args.n_eval} points; mean ± "
+        f"standard error over seeds. {environment()}.",
         "",
         *tables(rows, args.nfe, args.dataset),
     ]
