@@ -348,7 +348,7 @@ def test_straightness_is_zero_on_straight_paths_and_the_acceleration_otherwise()
         torch.testing.assert_close(
             penalty.detach(), acceleration.pow(2).sum(1), rtol=1e-4, atol=1e-6
         )
-        assert float(penalty.min()) > 0
+        assert float(penalty.detach().min()) > 0
 
 
 def test_an_nfdm_samples_with_ode_sde_and_ddim_and_refuses_ddpm():
