@@ -13,7 +13,7 @@ FID (features of a small classifier trained on the training split) of DDIM sampl
 1, 2, 4, 8 and 16 steps and of adaptive (dopri5) probability-flow ODE samples.
 Usage::
 
-    python -m benchmarks.nfdm_fashion_mnist --models DDPM NDM NFDM FM \
+    python -m benchmarks.nfdm_fashion_mnist --models DDPM NDM NFDM FM NFDM-OT \
         --out benchmarks/results/nfdm_fashion_mnist.md
 """
 
