@@ -60,6 +60,7 @@ from ndm.analysis.transport import (
     probability_flow_paths,
 )
 from ndm.data.atomic import atomic_write
+from ndm.data.loading import Splits
 from ndm.data.points import save_points
 from ndm.data.toy2d import DATASETS, log_density
 from ndm.diffusion.flow import FlowDiffusion
@@ -129,11 +130,11 @@ def sample_quality(model: NDM, held_out: Tensor, dataset: str, sampler: str, ste
     return quality
 
 
-def measure(cfg: RunConfig, run_dir: Path, nfes: list[int], dataset: str) -> dict:
-    """Every figure of one trained model (trained here if its run has not finished)."""
+def measure(cfg: RunConfig, run_dir: Path, splits: Splits, nfes: list[int], dataset: str) -> dict:
+    """Every figure of one trained model on ``splits`` (trained here if its run has not
+    finished)."""
     model = trained_model(cfg, run_dir)
     model.eval()
-    splits = load_data(cfg.data)
     metrics = evaluate(model, splits, cfg.eval)
     steps = [line["seconds_per_step"] for line in read_metrics(run_dir / METRICS)]
     z1 = torch.randn(SAMPLES, *splits.shape, generator=torch.Generator().manual_seed(2))
@@ -158,9 +159,8 @@ def measure(cfg: RunConfig, run_dir: Path, nfes: list[int], dataset: str) -> dic
     }
 
 
-def peak_memory_mib(cfg: RunConfig, model: NDM) -> float:
-    """The peak memory, in MiB, one training pass of ``model`` adds at the batch size."""
-    batch = load_data(cfg.data).train[: cfg.train.batch_size]
+def peak_memory_mib(model: NDM, batch: Tensor) -> float:
+    """The peak memory, in MiB, one training pass of ``model`` adds on ``batch``."""
     generator = torch.Generator().manual_seed(0)
     return pass_bytes(model, batch, generator, False, peak=True) / 2**20
 
@@ -272,6 +272,8 @@ def main() -> None:
         train=replace(base.train, steps=args.steps, checkpoint_every=args.steps),
         eval=replace(base.eval, n_eval=args.n_eval),
     )
+    splits = load_data(base.data)
+    batch = splits.train[: base.train.batch_size]
     rows: dict[str, list[dict]] = {}
     for name in args.models:
         settings = MODELS[name]
@@ -286,12 +288,14 @@ def main() -> None:
             run_dir = args.runs_dir / f"{name}-seed{seed}"
             key = f"{args.steps} steps, nfe {args.nfe}, n_eval {args.n_eval}"
             row = cached_row(
-                run_dir, key, lambda c=cfg, r=run_dir: measure(c, r, args.nfe, args.dataset)
+                run_dir,
+                key,
+                lambda c=cfg, r=run_dir: measure(c, r, splits, args.nfe, args.dataset),
             )
             model = trained_model(cfg, run_dir)
-            rows.setdefault(name, []).append(row | {"peak_mib": peak_memory_mib(cfg, model)})
+            rows.setdefault(name, []).append(row | {"peak_mib": peak_memory_mib(model, batch)})
             if seed == args.seeds[0] and args.out and base.data.dataset != "points":
-                figures(model, load_data(cfg.data).test[:2000], args.out, name)
+                figures(model, splits.test[:2000], args.out, name)
     m, t = base.model, base.train
     curvature = replace(m, **MODELS["NFDM-OT"], curvature_weight=args.curvature_weight).curvature
     lines = [

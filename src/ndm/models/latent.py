@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ndm.data.images import to_model_space
 from ndm.losses.objectives import LossTerms
 from ndm.models.autoencoder import Autoencoder, gaussian_entropy, standard_normal_cross_entropy
-from ndm.models.ndm import NDM
+from ndm.models.ndm import NDM, NELBO_OBJECTIVES
 from ndm.sampling.samplers import SampleResult
 
 LATENT_MODES = ("two_stage", "end_to_end")
@@ -90,7 +90,7 @@ class LatentNDM(nn.Module):
         super().__init__()
         if mode not in LATENT_MODES:
             raise ValueError(f"unknown latent mode {mode!r}; choose one of {LATENT_MODES}")
-        if ndm.objective not in ("continuous", "discrete"):
+        if ndm.objective not in NELBO_OBJECTIVES:
             raise ValueError(
                 f"a latent NDM needs a NELBO objective, 'continuous' or 'discrete', not "
                 f"{ndm.objective!r}"

@@ -37,6 +37,8 @@ from ndm.losses.objectives import (
 from ndm.sampling.samplers import SampleResult, get_sampler, time_grid
 
 OBJECTIVES = ("continuous", "discrete", "simple", "velocity")
+#: The objectives that are a bound on the likelihood.
+NELBO_OBJECTIVES = ("continuous", "discrete")
 #: The objectives an NFDM process trains with.
 FLOW_OBJECTIVES = ("continuous", "velocity")
 
@@ -87,8 +89,8 @@ class NDM(nn.Module):
                 raise ValueError(f"{name}_weight must be non-negative, got {weight}")
         if isinstance(process, FlowDiffusion) and objective not in FLOW_OBJECTIVES:
             raise ValueError(
-                f"an NFDM process trains with objective {' or '.join(map(repr, FLOW_OBJECTIVES))}, "
-                f"not {objective!r}"
+                "an NFDM process trains with objective "
+                f"{' or '.join(map(repr, FLOW_OBJECTIVES))}, not {objective!r}"
             )
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")

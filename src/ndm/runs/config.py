@@ -28,7 +28,7 @@ from ndm.diffusion.timesampling import DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS
 from ndm.diffusion.transforms import DERIVATIVES, TRANSFORM_FORMS
 from ndm.losses.likelihood import DIVERGENCES
 from ndm.models.latent import LATENT_MODES
-from ndm.models.ndm import FLOW_OBJECTIVES, OBJECTIVES
+from ndm.models.ndm import FLOW_OBJECTIVES, NELBO_OBJECTIVES, OBJECTIVES
 from ndm.nets.checkpointing import CHECKPOINTING
 from ndm.nets.unet import UNET_PRESETS
 from ndm.sampling.samplers import SAMPLERS
@@ -539,10 +539,11 @@ class RunConfig:
                 f"a latent NDM encodes images; dataset {self.data.dataset!r} holds 2-D points: "
                 "drop the latent options or choose an image dataset"
             )
-        if self.latent.enabled and self.model.training_objective not in ("continuous", "discrete"):
+        objective = self.model.training_objective
+        if self.latent.enabled and objective not in NELBO_OBJECTIVES:
             raise ValueError(
-                f"a latent NDM is trained on its bound; objective {self.model.training_objective!r} is "
-                "not one: use 'continuous' or 'discrete'"
+                f"a latent NDM is trained on its bound; objective {objective!r} is not one: use "
+                "'continuous' or 'discrete'"
             )
         terms = self.eval.nelbo_terms
         if self.model.training_objective == "discrete" and terms and self.model.num_steps % terms:
@@ -634,10 +635,11 @@ _DERIVED_AS_ZERO_IN_VERSION_1 = {
 
 
 def _from_version_1(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A version-1 record in version 2 (:func:`_from_version_2` takes it on): a model setting that an earlier version did not
-    store has the value that version used (the posterior reverse variance, and time
-    embeddings at 1000 t, which was also the stored ``transform_time_scale`` of transforms
-    it did not shape), and the 0 of a derived setting is ``None``."""
+    """A version-1 record in version 2 (:func:`_from_version_2` takes it on): a model
+    setting that an earlier version did not store has the value that version used (the
+    posterior reverse variance, and time embeddings at 1000 t, which was also the stored
+    ``transform_time_scale`` of transforms it did not shape), and the 0 of a derived
+    setting is ``None``."""
     data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
     model = data.get("model")
     if isinstance(model, dict):
